@@ -1,0 +1,176 @@
+"""Mini-Omni decoding with a KV cache: greedy / temperature / top-k, delayed audio layers, batch-parallel A1A2.
+
+Dims legend: B batch, R = 8 rows, P prompt length, D width, V row vocabulary.
+At answer step k the text row emits token k and audio layer i emits frame k - i - 1; steps k <= i of layer i are
+fill (PAD_A, forced rather than sampled, exactly as in training), and a layer that emitted EOA is padded after.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from omni.mini_omni.layout import undelay
+from omni.mini_omni.model import MiniOmni
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.9
+    top_k: int = 1
+    max_new_tokens: int = 2048
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or self.max_new_tokens <= 0:
+            raise ValueError(f"invalid sampling config {self}: temperature>=0, top_k>=0, max_new_tokens>0")
+
+
+def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) ids. Greedy when temperature == 0 or top_k == 1."""
+    if cfg.temperature == 0 or cfg.top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Generation:
+    """Per item: text ids (without EOT), per-layer audio streams (delayed, fill included), frames (N, 7)."""
+
+    text_ids: list[list[int]]
+    audio_layers: list[list[list[int]]] = field(default_factory=list)
+    steps: int = 0
+
+    def frames(self, item: int = 0, n_layers: int = 7) -> torch.Tensor:
+        """(N, 7) frames of `item` with each layer's fill dropped (may end in EOA / padding columns)."""
+        return undelay(self.audio_layers[item], n_layers)
+
+
+class MiniOmniDecoder:
+    """Stateful step decoder around a `MiniOmni` model; the KV cache lives here, never on the model."""
+
+    def __init__(self, model: MiniOmni) -> None:
+        self.model = model
+        self.tok = model.tokens
+
+    @torch.no_grad()
+    def prefill(self, prompt: torch.Tensor, audio_mels: torch.Tensor | None = None,
+                audio_start: int = 1, audio_len: int = 0) -> tuple[torch.Tensor, DynamicCache]:
+        """prompt (B, 8, P) local ids, same length for all items; audio_mels (B, n_mels, F) or None.
+        Returns the last position's hidden state (B, D) and the filled cache."""
+        B = prompt.shape[0]
+        audio = idx = start = length = None
+        if audio_mels is not None and audio_len > 0:
+            audio = self.model.encode_audio(audio_mels)
+            idx = torch.arange(B, device=prompt.device)
+            start = torch.full((B,), audio_start, device=prompt.device)
+            length = torch.full((B,), audio_len, device=prompt.device)
+        x = self.model.embed(prompt, audio, idx, start, length)
+        cache = DynamicCache()
+        out = self.model.hidden(x, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state[:, -1], out.past_key_values
+
+    @torch.no_grad()
+    def step(self, column: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        """column (B, 8) local ids fed at the next position -> its hidden state (B, D)."""
+        x = self.model.embed(column.unsqueeze(-1))
+        out = self.model.hidden(x, past_key_values=cache, use_cache=True)
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
+                 audio_mels: torch.Tensor | None = None, audio_start: int = 1, audio_len: int = 0) -> Generation:
+        """Decode B items in lock-step. Text-only answers stop at EOT; audio answers stop when layer 6 emits EOA."""
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+        tok = self.tok
+        B = prompt.shape[0]
+        h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len)
+        text: list[list[int]] = [[] for _ in range(B)]
+        layers: list[list[list[int]]] = [[[] for _ in range(tok.n_audio_layers)] for _ in range(B)]
+        text_done = torch.zeros(B, dtype=torch.bool)
+        audio_done = torch.zeros(B, tok.n_audio_layers, dtype=torch.bool)
+        steps = 0
+        for k in range(cfg.max_new_tokens):
+            column = self._next_column(h, k, audio_out, text_done, audio_done, cfg, gen)  # (B, 8)
+            for b in range(B):
+                if not text_done[b] and column[b, tok.text_row] != tok.eot:
+                    text[b].append(int(column[b, tok.text_row]))
+                for i in range(tok.n_audio_layers):
+                    layers[b][i].append(int(column[b, i]))
+            text_done |= column[:, tok.text_row].cpu() == tok.eot
+            steps = k + 1
+            if audio_out:
+                audio_done |= column[:, : tok.n_audio_layers].cpu() == tok.eoa
+                if bool(audio_done[:, -1].all()):
+                    break
+            elif bool(text_done.all()):
+                break
+            h = self.step(column, cache)
+        return Generation(text_ids=text, audio_layers=layers if audio_out else [], steps=steps)
+
+    def _next_column(self, h: torch.Tensor, k: int, audio_out: bool, text_done: torch.Tensor,
+                     audio_done: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
+        """Sample step k's 8 tokens from hidden (B, D), forcing fill / padding where the layout fixes them."""
+        tok = self.tok
+        B = h.shape[0]
+        column = torch.full((B, tok.n_rows), tok.pad_a, dtype=torch.long)
+        text = sample(self.model.row_logits(h, tok.text_row), cfg, gen).cpu()
+        column[:, tok.text_row] = torch.where(text_done, torch.full_like(text, tok.pad_t), text)
+        if audio_out:
+            for i in range(tok.n_audio_layers):
+                if k <= i:
+                    continue  # fill before layer i starts
+                a = sample(self.model.row_logits(h, i), cfg, gen).cpu()
+                column[:, i] = torch.where(audio_done[:, i], torch.full_like(a, tok.pad_a), a)
+        return column.to(h.device)
+
+
+@torch.no_grad()
+def generate_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt: torch.Tensor,
+                            audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig) -> Generation:
+    """Spec 'batch-parallel decoding': item 0 = A1A2 prompt, item 1 = A1T2 prompt of the same audio (1, 8, P).
+    Audio tokens come from item 0's audio logits, the text token from item 1's text logits; the text token is fed
+    to both, item 0 gets its audio tokens back, item 1 gets PAD_A. Returns one item (text + audio layers)."""
+    tok = model.tokens
+    dec = MiniOmniDecoder(model)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
+    prompt = torch.cat([a1a2_prompt, a1t2_prompt], dim=0)  # (2, 8, P)
+    h, cache = dec.prefill(prompt, audio_mels.expand(2, -1, -1), 1, audio_len)
+    text: list[int] = []
+    layers: list[list[int]] = [[] for _ in range(tok.n_audio_layers)]
+    text_done = False
+    audio_done = torch.zeros(tok.n_audio_layers, dtype=torch.bool)
+    steps = 0
+    for k in range(cfg.max_new_tokens):
+        t = tok.pad_t if text_done else int(sample(model.row_logits(h[1:2], tok.text_row), cfg, gen))
+        audio = torch.full((tok.n_audio_layers,), tok.pad_a, dtype=torch.long)
+        for i in range(tok.n_audio_layers):
+            if k > i and not audio_done[i]:
+                audio[i] = int(sample(model.row_logits(h[0:1], i), cfg, gen))
+        if not text_done and t != tok.eot:
+            text.append(t)
+        text_done = text_done or t == tok.eot
+        for i in range(tok.n_audio_layers):
+            layers[i].append(int(audio[i]))
+        audio_done |= audio == tok.eoa
+        steps = k + 1
+        if audio_done[-1]:
+            break
+        column = torch.full((2, tok.n_rows), tok.pad_a, dtype=torch.long)
+        column[0, : tok.n_audio_layers] = audio
+        column[:, tok.text_row] = t
+        h = dec.step(column.to(h.device), cache)
+    return Generation(text_ids=[text], audio_layers=[layers], steps=steps)
+
+
+def frames_until_eoa(frames: torch.Tensor, eoa: int) -> torch.Tensor:
+    """(N, 7) undelayed frames -> frames before the first that contains EOA or any special (>= codebook)."""
+    bad = (frames >= eoa).any(dim=1)
+    n = int(bad.nonzero()[0]) if bad.any() else frames.shape[0]
+    return frames[:n]

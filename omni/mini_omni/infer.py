@@ -1,0 +1,53 @@
+"""Mini-Omni inference on dataset examples: prompt building + decoding + detokenisation (used by eval and
+callbacks). An example is the dict produced by data.dataset.OmniDataset."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from omni.mini_omni.generate import MiniOmniDecoder, SamplingConfig, frames_until_eoa, generate_batch_parallel
+from omni.mini_omni.layout import audio_prompt, task_spec, text_prompt
+from omni.mini_omni.model import MiniOmni
+
+
+@dataclass
+class Answer:
+    text: str
+    text_ids: list[int]
+    frames: torch.Tensor | None  # (N, 7) SNAC frames before EOA, or None for text-only tasks
+
+
+class MiniOmniInference:
+    def __init__(self, model: MiniOmni, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tok = model.tokens
+
+    def prompt(self, example: dict, task: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """-> prompt (1, 8, P), mels (1, n_mels, F) or None, number of injected audio frames."""
+        device = self.model.head_weight.device
+        if task_spec(task).audio_in:
+            T = int(example["n_audio_frames"])
+            mels = example["mels"].unsqueeze(0).to(device=device, dtype=self.model.head_weight.dtype)
+            return audio_prompt(self.tok, T, task).unsqueeze(0).to(device), mels, T
+        q = example["answer_ids"] if task == "tts" else example["question_ids"]
+        return text_prompt(self.tok, list(q), task).unsqueeze(0).to(device), None, 0
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i < self.tok.text_vocab], skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def answer(self, example: dict, task: str, sampling: SamplingConfig, batch_parallel: bool = True) -> Answer:
+        """Generate the answer of `task` for one example. A1A2 uses the spec's batch-parallel decoding."""
+        spec = task_spec(task)
+        prompt, mels, T = self.prompt(example, task)
+        if task == "a1a2" and batch_parallel:
+            a1t2, _, _ = self.prompt(example, "a1t2")
+            gen = generate_batch_parallel(self.model, prompt, a1t2, mels, T, sampling)
+        else:
+            gen = MiniOmniDecoder(self.model).generate(prompt, spec.audio_out, sampling, mels, 1, T)
+        frames = frames_until_eoa(gen.frames(0, self.tok.n_audio_layers), self.tok.codebook_size) \
+            if spec.audio_out else None
+        return Answer(text=self.decode_text(gen.text_ids[0]), text_ids=gen.text_ids[0], frames=frames)

@@ -1,0 +1,124 @@
+"""One LightningModule for every stage of a family: the stage config says what trains and on which tasks.
+
+Steps read like prose: the family model computes its losses from a collated batch; this module logs them,
+freezes by the stage's patterns, builds the optimizer from Hydra partials and records the run config in the
+checkpoint as plain data (so checkpoints load with `torch.load(weights_only=True)`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from lightning import LightningModule
+from torch import nn
+
+from omni.checkpoint import load_model_weights
+from omni.stages.freeze import apply_trainable, frozen_modules_eval
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageConfig:
+    """What a stage trains (`trainable` globs over model parameter names) and on which task mix."""
+
+    name: str
+    trainable: list[str]
+    tasks: dict[str, float]
+    val_tasks: dict[str, float] = field(default_factory=dict)
+    lr: float = 1e-3
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.trainable = list(self.trainable)
+        self.tasks = dict(self.tasks)
+        self.val_tasks = dict(self.val_tasks) or dict(self.tasks)
+        if not self.trainable:
+            raise ValueError(f"stage {self.name!r}: `trainable` is empty, nothing would train")
+
+
+class OmniModule(LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        stage: StageConfig | dict,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        init_from: str | None = None,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.stage = stage if isinstance(stage, StageConfig) else StageConfig(**stage)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.run_config = run_config or {}
+        self._inference = None
+        if init_from:
+            load_model_weights(self.model, init_from)
+        self.param_counts = apply_trainable(self.model, self.stage.trainable)
+
+    # -- steps -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch)
+        self._log_step("train", out, batch)
+        return self._differentiable(out["loss"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(batch)
+        self._log_step("val", out, batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        out = self.model(batch)
+        self._log_step("test", out, batch)
+
+    def on_train_epoch_start(self) -> None:
+        frozen_modules_eval(self.model)
+
+    def on_fit_start(self) -> None:
+        for key, value in self.param_counts.items():
+            self.log(f"params/{key}", float(value), rank_zero_only=True, sync_dist=False)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _log_step(self, split: str, out: dict, batch: dict) -> None:
+        bs = len(batch["ids"])
+        on_step = split == "train"
+        self.log(f"{split}/loss", out["loss"], prog_bar=True, batch_size=bs, on_step=on_step, on_epoch=True,
+                 sync_dist=split != "train")
+        for name in ("loss_text", "loss_audio"):
+            n = out["n_text_targets" if name == "loss_text" else "n_audio_targets"]
+            if int(n) > 0:
+                self.log(f"{split}/{name}", out[name], batch_size=bs, on_step=on_step, on_epoch=True,
+                         sync_dist=split != "train")
+        if split == "train":
+            self.log("train/tokens", float(batch["n_tokens"]), reduce_fx="sum", on_step=False, on_epoch=True,
+                     batch_size=bs)
+
+    def _differentiable(self, loss: torch.Tensor) -> torch.Tensor:
+        """A batch whose tasks have no path to a trainable parameter (e.g. TTS while only the audio adapter
+        trains) still steps with zero gradients instead of crashing autograd / desynchronising DDP."""
+        if loss.requires_grad:
+            return loss
+        return loss + sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def inference(self):
+        """The family's inference helper (prompting, decoding, detokenising), built once per module."""
+        if self._inference is None:
+            from omni.families import load_tokenizer, make_inference
+
+            self._inference = make_inference(self.model, load_tokenizer(self.model.cfg.tokenizer_path))
+        return self._inference
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["omni_config"] = self.run_config
+        checkpoint["omni_stage"] = self.stage.name

@@ -1,0 +1,108 @@
+"""Library side of `python train.py`: build everything from the composed config, fit, test, return metrics.
+
+A curriculum (`experiment=curriculum`) runs its stages in order; each starts from the previous stage's last
+checkpoint. Tests call `train(cfg)` in-process with a composed config.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from omni.config import configure_environment
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_section(section: DictConfig | None) -> list[Any]:
+    """Instantiate every non-null `_target_` entry of a config mapping (callbacks, loggers)."""
+    if not section:
+        return []
+    return [hydra.utils.instantiate(node) for node in section.values() if node is not None and "_target_" in node]
+
+
+def build_module(cfg: DictConfig, init_from: str | None):
+    from omni.stages.module import OmniModule
+
+    model = hydra.utils.instantiate(cfg.model)
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return OmniModule(
+        model=model,
+        stage=OmegaConf.to_container(cfg.stage, resolve=True),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        init_from=init_from,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def run_stage(cfg: DictConfig, init_from: str | None, ckpt_path: str | None) -> tuple[dict[str, float], str]:
+    """Fit (and test) the stage currently in `cfg.stage`; returns metrics and the path of its last checkpoint."""
+    log.info("stage %s: %s", cfg.stage.name, cfg.stage.get("description", ""))
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg, init_from)
+    callbacks = instantiate_section(cfg.get("callbacks"))
+    loggers = instantiate_section(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    last = _last_checkpoint(cfg, trainer)
+    if cfg.get("test") and cfg.data.get("test"):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        for row in trainer.test(module, datamodule=datamodule, ckpt_path=best or None):
+            metrics.update({k: float(v) for k, v in row.items()})
+    _finish_loggers()
+    return metrics, last
+
+
+def _last_checkpoint(cfg: DictConfig, trainer) -> str:
+    cb = trainer.checkpoint_callback
+    if cb is not None and getattr(cb, "last_model_path", ""):
+        return cb.last_model_path
+    path = Path(cfg.paths.output_dir) / "checkpoints" / cfg.stage.name / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def _finish_loggers() -> None:
+    """Close the wandb run so the next stage / multirun job starts its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train the configured stage, or every stage of `cfg.curriculum` in order. Returns the final metrics."""
+    import lightning as L
+
+    configure_environment()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    curriculum = list(cfg.curriculum.keys()) if cfg.get("curriculum") else [None]
+    init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
+    metrics: dict[str, float] = {}
+    for name in curriculum:
+        if name is not None:
+            with open_dict(cfg):
+                cfg.stage = cfg.curriculum[name]
+        metrics, init_from = run_stage(cfg, init_from, ckpt_path)
+        ckpt_path = None  # a resumed curriculum resumes its first stage only
+        log.info("stage %s done; last checkpoint %s", cfg.stage.name, init_from)
+    metrics["last_checkpoint"] = init_from  # type: ignore[assignment]
+    return metrics
+
+
+def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a sweeper optimises; a clear error when the metric was never logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
+    return float(metrics[name])
