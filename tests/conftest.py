@@ -32,6 +32,7 @@ def compose_cfg(overrides: list[str], out_dir: Path):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
+        del cfg["hydra"]  # as in a real @hydra.main run, where the hydra node is not part of cfg
         cfg.paths.output_dir = str(out_dir)
         cfg.paths.log_dir = str(out_dir)
     return cfg
