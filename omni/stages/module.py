@@ -61,16 +61,22 @@ class OmniModule(LightningModule):
         self.param_counts = apply_trainable(self.model, self.stage.trainable)
 
     # -- steps -------------------------------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if not batch["ids"]:
+            return None  # every row of this batch was skipped (counted by DataHealthCallback)
         out = self.model(batch)
         self._log_step("train", out, batch)
         return self._differentiable(out["loss"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not batch["ids"]:
+            return
         out = self.model(batch)
         self._log_step("val", out, batch)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        if not batch["ids"]:
+            return
         out = self.model(batch)
         self._log_step("test", out, batch)
 
@@ -78,8 +84,13 @@ class OmniModule(LightningModule):
         frozen_modules_eval(self.model)
 
     def on_fit_start(self) -> None:
-        for key, value in self.param_counts.items():
-            self.log(f"params/{key}", float(value), rank_zero_only=True, sync_dist=False)
+        counts = {f"params/{k}": v for k, v in self.param_counts.items()}
+        for logger in self.loggers:
+            logger.log_hyperparams({"stage": self.stage.name, **counts})
+        if self.trainer.is_global_zero:
+            c = self.param_counts
+            print(f"[stage {self.stage.name}] trainable {c['trainable']:,} / {c['total']:,} parameters "
+                  f"({100 * c['trainable'] / max(c['total'], 1):.1f}%): {self.stage.trainable}")
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _log_step(self, split: str, out: dict, batch: dict) -> None:
