@@ -1,0 +1,217 @@
+"""Lightning DataModule: parquet shards -> index -> token-budget batches -> padded Mini-Omni batches.
+
+Resume: `train_dataloader()` returns a `ResumableDataLoader` (Lightning's `_Stateful` protocol: `state_dict()` /
+`load_state_dict()`). Lightning 2.x stores its state under the checkpoint's `loops.fit_loop.state_dict.
+combined_loader` and, on resume, calls `load_state_dict` in `FitLoop.setup_data()` before creating the iterator and
+before `set_epoch`. The loader counts batches handed to the training loop (its own yields in the main process, not
+the sampler's, which DataLoader workers run ahead of); Lightning's fetcher does not look ahead for sized loaders,
+so that count is exactly the batches the loop consumed. The sampler shards by rank itself: distributed runs need
+`Trainer(use_distributed_sampler=False)` (checked here).
+
+Lightning 2.6 drops that loader state when the train loader is built before the checkpoint is restored, which
+happens whenever `configure_optimizers` reads `trainer.estimated_stepping_batches` (Lightning issue #20550). So the
+DataModule also saves the loader state through its own `state_dict()` (checkpoint key "OmniDataModule"); Lightning
+restores a DataModule before it builds the loader, and `train_dataloader()` applies the pending state once.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from data.collate import MiniOmniCollator
+from data.dataset import OmniDataset, ParquetIndex, calibrate_chars_per_token
+from data.sampler import TokenBudgetBatchSampler
+from omni.mini_omni.tokens import MiniOmniTokens
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a `TokenBudgetBatchSampler` whose state is {epoch, consumed}: batches this loader has
+    yielded in `epoch`. Iteration is lazy: the epoch and resume offset are read at the first `next()`, after
+    Lightning has called `set_epoch` (Lightning builds the iterator before it sets the epoch)."""
+
+    def __init__(self, dataset: Any, batch_sampler: TokenBudgetBatchSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        self._state: dict[str, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.batch_sampler
+        self._state = {"epoch": sampler.epoch, "consumed": sampler.resume_offset}
+        for batch in super().__iter__():
+            self._state["consumed"] += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """{epoch, consumed}; before any iteration, the sampler's (possibly just loaded) position."""
+        return dict(self._state) if self._state is not None else self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
+        self._state = None
+
+
+class OmniDataModule(LightningDataModule):
+    """Train / val / test parquet splits for Mini-Omni. `tasks` are train mix weights ({asr: 1.0, tts: 0.5});
+    val/test use every eligible (row, task) pair of `val_tasks` (default: the train tasks) once, in file order.
+    `chars_per_token` (text length estimate) defaults to a measurement of the tokenizer on the first split's texts
+    with a 10% safety margin (data.dataset.calibrate_chars_per_token). The encoder window is
+    max_source_positions / 50 seconds (30 s for Whisper's 1500)."""
+
+    def __init__(
+        self,
+        train: str | list[str] | None = None,
+        val: str | list[str] | None = None,
+        test: str | list[str] | None = None,
+        tokens: MiniOmniTokens | Mapping[str, Any] | None = None,
+        tokenizer_path: str | None = None,
+        n_mels: int = 80,
+        max_source_positions: int = 1500,
+        tasks: Mapping[str, float] | None = None,
+        val_tasks: Mapping[str, float] | None = None,
+        max_tokens: int = 16384,
+        max_batch_size: int | None = None,
+        max_len: int = 2048,
+        window_rows: int = 1000,
+        cache_row_groups: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+        strict: bool = False,
+        chars_per_token: float | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if tokenizer_path is None:
+            raise ValueError("OmniDataModule needs tokenizer_path (a local tokenizer folder)")
+        if not tasks:
+            raise ValueError("OmniDataModule needs tasks, e.g. {asr: 1.0, tts: 0.5}")
+        self.paths = {"train": train, "val": val, "test": test}
+        self.tokens = tokens if isinstance(tokens, MiniOmniTokens) else MiniOmniTokens(**dict(tokens or {}))
+        self.tokenizer_path = str(tokenizer_path)
+        self.n_mels, self.max_source_positions = int(n_mels), int(max_source_positions)
+        self.tasks = dict(tasks)
+        self.val_tasks = dict(val_tasks) if val_tasks else dict(self.tasks)
+        self.max_tokens, self.max_batch_size, self.max_len = int(max_tokens), max_batch_size, int(max_len)
+        self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
+        self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
+        self.chars_per_token = None if chars_per_token is None else float(chars_per_token)
+        self.pin_memory = bool(pin_memory)
+        if self.max_len > self.max_tokens:
+            raise ValueError(f"max_len {self.max_len} > max_tokens {self.max_tokens}: a longest row would not fit")
+        self.collator = MiniOmniCollator(self.tokens)
+        self.indexes: dict[str, ParquetIndex] = {}
+        self.datasets: dict[str, OmniDataset] = {}
+        self._tokenizer: Any = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._pending_train_state: dict[str, int] | None = None
+
+    @property
+    def window_s(self) -> float:
+        return self.max_source_positions / 50.0
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the splits `stage` needs (fit: train + val, validate: val, test/predict: test, None: all)."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
+            if self.paths[split] is not None and split not in self.indexes:
+                self._build(split)
+
+    def _build(self, split: str) -> None:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        if self.chars_per_token is None:  # measured once, on the first split built (train under fit)
+            self.chars_per_token = calibrate_chars_per_token(self.paths[split], self._tokenizer)
+        index = ParquetIndex(self.paths[split], window_s=self.window_s, max_len=self.max_len,
+                             chars_per_token=self.chars_per_token, max_audio_frames=self.max_source_positions,
+                             strict=self.strict)
+        self.indexes[split] = index
+        self.datasets[split] = OmniDataset(index, self._tokenizer, self.tokens, n_mels=self.n_mels,
+                                           max_source_positions=self.max_source_positions,
+                                           cache_row_groups=self.cache_row_groups, strict=self.strict)
+
+    def _dataset(self, split: str) -> OmniDataset:
+        if split not in self.datasets:
+            if self.paths[split] is None:
+                raise ValueError(f"no {split} data configured")
+            self._build(split)
+        return self.datasets[split]
+
+    def _check_distributed_sampler(self) -> None:
+        trainer = self.trainer
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if trainer is not None and trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise ValueError("OmniDataModule shards batches by rank itself: build the Trainer with "
+                             "use_distributed_sampler=False")
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {"collate_fn": self.collator, "num_workers": self.num_workers, "pin_memory": self.pin_memory}
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        self._check_distributed_sampler()
+        dataset = self._dataset("train")
+        rank, world = self._rank_world()
+        sampler = TokenBudgetBatchSampler(dataset.index, self.tasks, self.max_tokens, self.max_batch_size,
+                                          self.window_rows, seed=self.seed, rank=rank, world_size=world)
+        loader = ResumableDataLoader(dataset, sampler, **self._loader_kwargs())
+        if self._pending_train_state is not None:  # restored from a checkpoint before this loader existed
+            loader.load_state_dict(self._pending_train_state)
+            self._pending_train_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved by Lightning into checkpoints: the train loader position {epoch, consumed} (see module doc)."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Apply the saved position to the live train loader, or keep it for the next `train_dataloader()`."""
+        if "train_loader" not in state:
+            return
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state["train_loader"])
+        else:
+            self._pending_train_state = dict(state["train_loader"])
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self._dataset(split)
+        rank, world = self._rank_world()
+        sampler = TokenBudgetBatchSampler(dataset.index, self.val_tasks, self.max_tokens, self.max_batch_size,
+                                          self.window_rows, seed=self.seed, rank=rank, world_size=world,
+                                          shuffle=False, mix="all", fixed_length=False, drop_uneven=False)
+        return DataLoader(dataset, batch_sampler=sampler, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Val batches, or [] (Lightning: no validation) when no val data is configured."""
+        return self._eval_loader("val") if self.paths["val"] is not None else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test") if self.paths["test"] is not None else []
+
+    def skipped_report(self) -> dict[str, Any]:
+        """Index-time skips of the indexed splits: {counts: {reason: n}, by_split: {split: {reason: n}},
+        rows: [{split, file, row, id, column, reason, detail}]}. Load-time skips arrive in batches' `skipped`."""
+        rows = [dict(split=split, **s.as_dict()) for split, idx in self.indexes.items() for s in idx.skipped]
+        by_split = {split: dict(Counter(s.reason for s in idx.skipped)) for split, idx in self.indexes.items()}
+        return {"counts": dict(Counter(r["reason"] for r in rows)), "by_split": by_split, "rows": rows}
+
+
+    def examples(self, split: str, task: str, n: int) -> list[dict[str, Any]]:
+        """The first `n` loadable rows of `split` eligible for `task`, in file order: the fixed set that text
+        metrics and eval.py generate on (rows that fail to load are skipped here too)."""
+        dataset = self._dataset(split)
+        out: list[dict[str, Any]] = []
+        for row in dataset.index.rows_for(task):
+            item = dataset[(int(row), task)]
+            if isinstance(item, dict):
+                out.append(item)
+            if len(out) >= n:
+                break
+        return out

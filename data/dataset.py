@@ -1,0 +1,367 @@
+"""Parquet shards -> a light in-memory index and a lazy map-style dataset of (row, task) items.
+
+`ParquetIndex` reads only light columns (id, task, duration_s, n_frames and the character lengths of the two text
+columns); never question_audio or answer_codes. Presence of the heavy fields is read from their light proxies:
+audio present <=> duration_s > 0, codes present <=> n_frames > 0 (the schema's contract, data/schema.py).
+
+`OmniDataset[(row, task)]` reads that row's parquet row group through a small per-process LRU cache, decodes and
+featurizes audio, tokenizes text and returns a plain example dict (see `OmniDataset.__getitem__`), or a `Skipped`
+marker for a corrupt row (the collator drops it and reports it in the batch's `skipped` list).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from data.audio import AudioDecodeError, decode_audio
+from data.sampler import AUDIO_IN, TASK_ORDER, encoder_frames, estimate_length
+from data.schema import CODES_PER_FRAME, TASK_REQUIREMENTS, validate_table
+
+LIGHT_COLUMNS = ("id", "task", "duration_s", "n_frames", "question_text", "answer_text")
+SAMPLE_RATE = 16000  # Whisper input rate
+HOP = 160  # Whisper mel hop (10 ms): 100 mel frames per second, 2 per encoder frame
+# the column that usually dominates a task's length (named in "too_long" skip records)
+LENGTH_COLUMN = {"asr": "question_audio", "a1t2": "question_audio", "a1a2": "answer_codes",
+                 "t1t2": "answer_text", "t1a2": "answer_codes", "tts": "answer_codes"}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row left out, at index time (whole row or some tasks) or at load time. `row` is the row number in `file`."""
+
+    file: str
+    row: int
+    id: str
+    column: str
+    reason: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expand_paths(paths: str | os.PathLike | list | tuple | None) -> list[str]:
+    """Files and folders (-> their *.parquet, recursively) -> sorted unique file list. Missing path -> error."""
+    if paths is None:
+        return []
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files: list[str] = []
+    for p in map(str, items):
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(p, "**", "*.parquet"), recursive=True))
+            if not found:
+                raise FileNotFoundError(f"no *.parquet files under {p}")
+            files.extend(found)
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"data path not found: {p}")
+    return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
+class ParquetIndex:
+    """Light per-row metadata of every kept row across `paths`, as compact numpy arrays (n = kept rows).
+
+    shard, group, row_in_group, row_in_file: (n,) int32 location; group_id: (n,) int32 global row-group id;
+    task_mask: (n,) uint8, bit i = row serves TASK_ORDER[i]; duration: (n,) float32 s; n_frames, q_chars, a_chars:
+    (n,) int32; lengths: (n, n_tasks) int32 estimated sequence length (0 where the task is not served).
+    Rows with no eligible task, audio longer than `window_s` (audio tasks dropped) or an estimate over `max_len`
+    (that task dropped) are recorded in `skipped`.
+    """
+
+    def __init__(
+        self,
+        paths: Any,
+        *,
+        window_s: float = 30.0,
+        max_len: int = 2048,
+        chars_per_token: float = 3.0,
+        max_audio_frames: int | None = 1500,
+        strict: bool = False,
+    ) -> None:
+        self.files = expand_paths(paths)
+        if not self.files:
+            raise ValueError("ParquetIndex needs at least one parquet file")
+        self.window_s, self.max_len, self.chars_per_token = float(window_s), int(max_len), float(chars_per_token)
+        self.max_audio_frames, self.strict = max_audio_frames, strict
+        self.skipped: list[Skipped] = []
+        parts, group_base = [], 0
+        for shard, path in enumerate(self.files):
+            part = self._index_file(shard, path, group_base)
+            group_base += part.pop("n_groups")
+            parts.append(part)
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        keep = cols["task_mask"] != 0
+        for name, arr in cols.items():
+            setattr(self, name, np.ascontiguousarray(arr[keep]))
+        self.n_groups = group_base
+
+    def __len__(self) -> int:
+        return len(self.task_mask)
+
+    def tasks_of(self, i: int) -> list[str]:
+        return [t for b, t in enumerate(TASK_ORDER) if int(self.task_mask[i]) >> b & 1]
+
+    def rows_for(self, task: str) -> np.ndarray:
+        return np.flatnonzero(self.task_mask & (1 << TASK_ORDER.index(task)))
+
+    def location(self, i: int) -> tuple[str, int, int, int]:
+        """(file, row group, row in group, row in file) of kept row `i`."""
+        return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
+
+    def _index_file(self, shard: int, path: str, group_base: int) -> dict[str, np.ndarray]:
+        pf = pq.ParquetFile(path)
+        validate_table(pf.schema_arrow, path)
+        table = pf.read(columns=list(LIGHT_COLUMNS))  # column projection: audio / codes bytes are never read
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        n = table.num_rows
+        group = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes).astype(np.int64)
+        cols = {
+            "shard": np.full(n, shard, dtype=np.int32),
+            "group": group,
+            "group_id": group + np.int32(group_base),
+            "row_in_group": (np.arange(n) - starts).astype(np.int32),
+            "row_in_file": np.arange(n, dtype=np.int32),
+            "duration": table["duration_s"].to_numpy(zero_copy_only=False).astype(np.float32),
+            "n_frames": table["n_frames"].to_numpy(zero_copy_only=False).astype(np.int32),
+            "q_chars": _char_lengths(table["question_text"]),
+            "a_chars": _char_lengths(table["answer_text"]),
+        }
+        ids = table["id"].to_pylist()
+        mask = self._eligibility(path, table["task"].to_pylist(), cols, ids)
+        cols["task_mask"], cols["lengths"] = self._length_checks(path, mask, cols, ids)
+        cols["n_groups"] = len(sizes)
+        return cols
+
+    def _skip(self, path: str, row: int, row_id: str, column: str, reason: str, detail: str = "") -> None:
+        self.skipped.append(Skipped(path, int(row), str(row_id), column, reason, detail))
+
+    def _eligibility(self, path: str, tasks: list, cols: dict, ids: list) -> np.ndarray:
+        """(n,) uint8 task bitmask from field presence and the row's `task`; records bad-task and empty rows."""
+        present = {
+            "question_audio": cols["duration"] > 0,
+            "question_text": cols["q_chars"] > 0,
+            "answer_text": cols["a_chars"] > 0,
+            "answer_codes": cols["n_frames"] > 0,
+        }
+        mask, recorded = np.zeros(len(tasks), dtype=np.uint8), set()
+        for b, task in enumerate(TASK_ORDER):
+            ok = np.logical_and.reduce([present[f] for f in TASK_REQUIREMENTS[task]])
+            mask |= (ok.astype(np.uint8) << b).astype(np.uint8)
+        for row, task in enumerate(tasks):
+            if task is None:
+                continue
+            if task not in TASK_ORDER:
+                if self.strict:
+                    raise ValueError(f"{path}: row {row} (id={ids[row]!r}), column 'task': unknown task {task!r}; "
+                                     f"valid tasks: {list(TASK_ORDER)}")
+                self._skip(path, row, ids[row], "task", "bad_task", f"unknown task {task!r}")
+                mask[row] = 0
+                recorded.add(row)
+                continue
+            mask[row] &= np.uint8(1 << TASK_ORDER.index(task))
+            if not mask[row]:
+                self._skip(path, row, ids[row], "task", "empty", f"fields missing for its task {task!r}")
+                recorded.add(row)
+        for row in np.flatnonzero(mask == 0):
+            if int(row) not in recorded:
+                self._skip(path, row, ids[row], "*", "empty", "no task is possible with the fields present")
+        return mask
+
+    def _length_checks(self, path: str, mask: np.ndarray, cols: dict, ids: list) -> tuple[np.ndarray, np.ndarray]:
+        """Drop audio tasks of rows whose audio exceeds the encoder window and tasks whose estimated length exceeds
+        max_len; returns the updated mask and (n, n_tasks) int32 lengths."""
+        lengths = np.zeros((len(mask), len(TASK_ORDER)), dtype=np.int32)
+        audio_bits = np.uint8(sum(1 << TASK_ORDER.index(t) for t in AUDIO_IN))
+        too_long_audio = (cols["duration"] > self.window_s) & ((mask & audio_bits) != 0)
+        for row in np.flatnonzero(too_long_audio):
+            self._skip(path, row, ids[row], "question_audio", "audio_too_long",
+                       f"{cols['duration'][row]:.2f} s > encoder window {self.window_s:g} s")
+        mask = np.where(too_long_audio, mask & ~audio_bits, mask).astype(np.uint8)
+        for b, task in enumerate(TASK_ORDER):
+            on = (mask >> b & 1).astype(bool)
+            est = estimate_length(task, cols["duration"], cols["n_frames"], cols["q_chars"], cols["a_chars"],
+                                  self.chars_per_token, self.max_audio_frames)
+            over = on & (est > self.max_len)
+            for row in np.flatnonzero(over):
+                self._skip(path, row, ids[row], LENGTH_COLUMN[task], "too_long",
+                           f"task {task}: estimated length {int(est[row])} > max_len {self.max_len}")
+            mask = np.where(over, mask & np.uint8(~(1 << b) & 0xFF), mask).astype(np.uint8)
+            lengths[:, b] = np.where(on & ~over, est, 0)
+        return mask, lengths
+
+
+def calibrate_chars_per_token(paths: Any, tokenizer: Any, max_texts: int = 2000, margin: float = 0.9) -> float:
+    """Mean characters per token of `tokenizer` over the first `max_texts` question/answer texts of `paths`
+    (only the two text columns are read), times `margin` (< 1 over-estimates lengths slightly, so token budgets
+    and max_len hold for texts that tokenize worse than average). 1.0 when there is no text."""
+    chars = toks = seen = 0
+    for path in expand_paths(paths):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["question_text", "answer_text"]):
+            for text in batch.column(0).to_pylist() + batch.column(1).to_pylist():
+                if text:
+                    chars += len(text)
+                    toks += len(tokenizer.encode(text, add_special_tokens=False))
+                    seen += 1
+            if seen >= max_texts:
+                return chars / max(toks, 1) * margin
+    return chars / toks * margin if toks else 1.0
+
+
+def _char_lengths(col: pa.ChunkedArray) -> np.ndarray:
+    """(n,) int32 character counts of a string column; null -> 0."""
+    return pc.fill_null(pc.utf8_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+class _RowError(Exception):
+    """A load-time problem with one column of one row (turned into `Skipped` or a strict ValueError)."""
+
+    def __init__(self, column: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.column, self.reason, self.detail = column, reason, detail
+
+
+class OmniDataset(Dataset):
+    """Map-style dataset over a `ParquetIndex`; an item key is (row, task) as yielded by the batch sampler.
+
+    Row groups are read whole (ParquetFile.read_row_group) into a per-process LRU of at most `cache_row_groups`
+    tables; worker processes start with an empty cache. Audio -> 16 kHz mono -> Whisper log-mel (n_mels, F) with
+    F = 2 * max_source_positions (the encoder window, padded / truncated), T = int(duration_ms / 20) + 1 encoder
+    frames clamped to max_source_positions. Text is tokenized without special tokens.
+    """
+
+    def __init__(
+        self,
+        index: ParquetIndex,
+        tokenizer: Any,
+        tokens: Any,
+        *,
+        n_mels: int = 80,
+        max_source_positions: int = 1500,
+        cache_row_groups: int = 4,
+        strict: bool = False,
+    ) -> None:
+        from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+        self.index, self.tokens, self.strict = index, tokens, strict
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) \
+            else tokenizer
+        if len(self.tokenizer) > tokens.text_vocab:
+            raise ValueError(f"tokenizer has {len(self.tokenizer)} ids but tokens.text_vocab is {tokens.text_vocab}: "
+                             "its ids would collide with the text specials")
+        if cache_row_groups < 1:
+            raise ValueError(f"cache_row_groups must be >= 1, got {cache_row_groups}")
+        self.n_mels, self.max_source_positions = int(n_mels), int(max_source_positions)
+        self.n_samples = 2 * self.max_source_positions * HOP  # encoder window in samples
+        self.features = WhisperFeatureExtractor(
+            feature_size=self.n_mels, sampling_rate=SAMPLE_RATE, hop_length=HOP,
+            chunk_length=int(np.ceil(self.n_samples / SAMPLE_RATE)),  # must be an int; max_length sets the window
+        )
+        self.cache_row_groups = int(cache_row_groups)
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._files: dict[int, pq.ParquetFile] = {}
+        self.group_reads = 0  # row groups read from disk by this process (cache misses)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"], state["_files"] = OrderedDict(), {}  # open handles / tables stay in their process
+        return state
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _row_group(self, shard: int, group: int) -> pa.Table:
+        key = (shard, group)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if shard not in self._files:
+            self._files[shard] = pq.ParquetFile(self.index.files[shard])
+        table = self._files[shard].read_row_group(group)
+        self.group_reads += 1
+        self._cache[key] = table
+        while len(self._cache) > self.cache_row_groups:
+            self._cache.popitem(last=False)
+        return table
+
+    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
+        """(row, task) -> example dict (keys: id, task, question_ids, mels, n_audio_frames, answer_ids, answer_codes,
+        answer_text, question_text, speaker, file, row) or `Skipped` for a bad row (strict: ValueError)."""
+        row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
+        row = int(row)
+        path, group, in_group, in_file = self.index.location(row)
+        row_id = "?"
+        try:
+            try:
+                rec = self._row_group(int(self.index.shard[row]), group).slice(in_group, 1).to_pylist()[0]
+            except (OSError, pa.ArrowException) as exc:
+                raise _RowError("*", "unreadable", f"cannot read row group {group}: {exc}") from exc
+            row_id = rec["id"]
+            example = self._example(rec, task)
+        except _RowError as err:
+            if self.strict:
+                raise ValueError(f"{path}: row {in_file} (id={row_id!r}), column {err.column!r}: {err.detail}") \
+                    from err
+            return Skipped(path, in_file, str(row_id), err.column, err.reason, err.detail)
+        example.update(file=path, row=in_file)
+        return example
+
+    def _example(self, rec: dict[str, Any], task: str) -> dict[str, Any]:
+        needs = TASK_REQUIREMENTS[task]
+        for column in needs:
+            if rec.get(column) in (None, b"", ""):
+                raise _RowError(column, "missing", f"task {task} needs {column} but it is empty")
+        mels, n_audio = self._audio(rec["question_audio"]) if task in AUDIO_IN else (None, 0)
+        question_ids = None
+        if task in ("t1t2", "t1a2"):
+            question_ids = self._tokenize(rec["question_text"], "question_text")
+        elif task == "tts":
+            question_ids = self._tokenize(rec["answer_text"], "answer_text")
+        answer_ids = self._tokenize(rec["question_text"], "question_text") if task == "asr" \
+            else self._tokenize(rec["answer_text"], "answer_text")
+        codes = self._codes(rec["answer_codes"], rec["n_frames"]) if "answer_codes" in needs else None
+        return {
+            "id": rec["id"], "task": task, "question_ids": question_ids, "mels": mels, "n_audio_frames": n_audio,
+            "answer_ids": answer_ids, "answer_codes": codes, "answer_text": rec["answer_text"],
+            "question_text": rec["question_text"], "speaker": rec["speaker"],
+        }
+
+    def _audio(self, data: bytes) -> tuple[torch.Tensor, int]:
+        """Encoded bytes -> ((n_mels, F) float32 log-mel of the padded window, T valid encoder frames)."""
+        try:
+            wav = decode_audio(data, SAMPLE_RATE)
+        except AudioDecodeError as exc:
+            raise _RowError("question_audio", "bad_audio", str(exc)) from exc
+        feats = self.features(wav, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length",
+                              max_length=self.n_samples, truncation=True)["input_features"][0]
+        n_frames = int(encoder_frames(len(wav) / SAMPLE_RATE, self.max_source_positions))
+        return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), n_frames
+
+    def _tokenize(self, text: str, column: str) -> list[int]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if not ids:
+            raise _RowError(column, "empty_text", f"{column} {text!r} tokenizes to no tokens")
+        return ids
+
+    def _codes(self, codes: list[int], n_frames: int) -> torch.Tensor:
+        """Flat frame-major SNAC codes -> (N, 7) long; length must be n_frames * 7 and values in the codebook."""
+        arr = np.asarray(codes, dtype=np.int64)
+        if arr.size != n_frames * CODES_PER_FRAME or arr.size == 0:
+            raise _RowError("answer_codes", "bad_codes",
+                            f"{arr.size} codes, expected n_frames * {CODES_PER_FRAME} = {n_frames * CODES_PER_FRAME}")
+        size = self.tokens.codebook_size
+        if arr.min() < 0 or arr.max() >= size:
+            raise _RowError("answer_codes", "bad_codes",
+                            f"code values in [{arr.min()}, {arr.max()}] outside the codebook [0, {size})")
+        return torch.from_numpy(arr.reshape(n_frames, CODES_PER_FRAME))
