@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from data.collate import MiniOmniCollator
 from data.dataset import OmniDataset, ParquetIndex, calibrate_chars_per_token
-from data.sampler import TokenBudgetBatchSampler
+from data.sampler import TokenBudgetBatchSampler, resolve_task_weights
 from omni.mini_omni.tokens import MiniOmniTokens
 
 
@@ -93,6 +93,7 @@ class OmniDataModule(LightningDataModule):
         self.n_mels, self.max_source_positions = int(n_mels), int(max_source_positions)
         self.tasks = dict(tasks)
         self.val_tasks = dict(val_tasks) if val_tasks else dict(self.tasks)
+        resolve_task_weights(self.tasks), resolve_task_weights(self.val_tasks)  # config mistakes fail at start
         self.max_tokens, self.max_batch_size, self.max_len = int(max_tokens), max_batch_size, int(max_len)
         self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
         self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
