@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from omni.mini_omni.layout import audio_prompt, build_example, task_spec, text_prompt
+from omni.mini_omni.layout import build_example
 from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
 
 
@@ -83,18 +83,6 @@ class MiniOmniCollator:
             mask[i, : x.shape[1]] = 1
         return {"input_ids": input_ids, "targets": target_ids, "attention_mask": mask,
                 "n_tokens": int(sum(x.shape[1] for x in inputs))}
-
-    def prompt_only(self, example: dict[str, Any]) -> dict[str, Any]:
-        """Generation input for one example: prompt (R, P) long, mels (n_mels, F) or None, audio_start, audio_len
-        (T, 0 for text input), task, id, answer_text (reference)."""
-        task = example["task"]
-        if task_spec(task).audio_in:
-            n_audio = int(example["n_audio_frames"])
-            prompt, start = audio_prompt(self.tokens, n_audio, task), 1
-        else:
-            prompt, start, n_audio = text_prompt(self.tokens, example["question_ids"], task), 0, 0
-        return {"prompt": prompt, "mels": example.get("mels"), "audio_start": start, "audio_len": n_audio,
-                "task": task, "id": example["id"], "answer_text": _answer_text(example)}
 
 
 def _answer_text(example: dict[str, Any]) -> str | None:

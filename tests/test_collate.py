@@ -56,11 +56,13 @@ def test_text_only_and_empty_batches():
     assert empty["input_ids"].shape == (0, 8, 0) and empty["n_tokens"] == 0 and len(empty["skipped"]) == 1
 
 
-def test_prompt_only_matches_the_training_prompt():
+def test_generation_prompt_matches_the_training_prompt():
+    from omni.mini_omni.infer import build_prompt
+
     collator = MiniOmniCollator(TOK)
     for example in (asr_example(), t1a2_example()):
-        gen = collator.prompt_only(example)
+        prompt, mels, n_audio = build_prompt(TOK, example, example["task"])
         layout = collator.layout(example)
-        assert torch.equal(gen["prompt"], layout.inputs[:, : layout.prompt_len])
-        assert gen["audio_len"] == layout.audio_len and gen["audio_start"] == layout.audio_start
-    assert collator.prompt_only(asr_example())["mels"].shape == (4, 10)
+        assert torch.equal(prompt, layout.inputs[:, : layout.prompt_len])
+        assert n_audio == layout.audio_len
+    assert build_prompt(TOK, asr_example(), "asr")[1].shape == (4, 10)

@@ -10,6 +10,7 @@ import torch
 from omni.mini_omni.generate import MiniOmniDecoder, SamplingConfig, frames_until_eoa, generate_batch_parallel
 from omni.mini_omni.layout import audio_prompt, task_spec, text_prompt
 from omni.mini_omni.model import MiniOmni
+from omni.mini_omni.tokens import MiniOmniTokens
 
 
 @dataclass
@@ -19,6 +20,15 @@ class Answer:
     frames: torch.Tensor | None  # (N, 7) SNAC frames before EOA, or None for text-only tasks
 
 
+def build_prompt(tok: MiniOmniTokens, example: dict, task: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The generation prompt of one dataset example: exactly the first P columns of its training layout.
+    -> prompt (8, P), mels (n_mels, F) or None, number of injected audio frames T (0 for text input)."""
+    if task_spec(task).audio_in:
+        T = int(example["n_audio_frames"])
+        return audio_prompt(tok, T, task), example["mels"], T
+    return text_prompt(tok, list(example["question_ids"]), task), None, 0
+
+
 class MiniOmniInference:
     def __init__(self, model: MiniOmni, tokenizer: Any) -> None:
         self.model = model
@@ -26,14 +36,11 @@ class MiniOmniInference:
         self.tok = model.tokens
 
     def prompt(self, example: dict, task: str) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """-> prompt (1, 8, P), mels (1, n_mels, F) or None, number of injected audio frames."""
-        device = self.model.head_weight.device
-        if task_spec(task).audio_in:
-            T = int(example["n_audio_frames"])
-            mels = example["mels"].unsqueeze(0).to(device=device, dtype=self.model.head_weight.dtype)
-            return audio_prompt(self.tok, T, task).unsqueeze(0).to(device), mels, T
-        q = example["answer_ids"] if task == "tts" else example["question_ids"]
-        return text_prompt(self.tok, list(q), task).unsqueeze(0).to(device), None, 0
+        """-> prompt (1, 8, P) on the model's device, mels (1, n_mels, F) or None, injected audio frames T."""
+        weight = self.model.head_weight
+        prompt, mels, T = build_prompt(self.tok, example, task)
+        mels = None if mels is None else mels.unsqueeze(0).to(device=weight.device, dtype=weight.dtype)
+        return prompt.unsqueeze(0).to(weight.device), mels, T
 
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i < self.tok.text_vocab], skip_special_tokens=True).strip()
