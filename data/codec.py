@@ -32,19 +32,7 @@ SNAC_24KHZ: dict = dict(
 
 # Same rates (hop 512, 2048 samples per frame at 24 kHz) and code range as SNAC_24KHZ, ~1000x fewer weights:
 # encoder 8 -> latent 128 channels, decoder 64 -> 4 channels. For fast tests only.
-SNAC_TINY: dict = dict(
-    sampling_rate=24000,
-    encoder_dim=8,
-    encoder_rates=[2, 4, 8, 8],
-    decoder_dim=64,
-    decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None,
-    codebook_size=4096,
-    codebook_dim=8,
-    vq_strides=[4, 2, 1],
-    noise=True,
-    depthwise=True,
-)
+SNAC_TINY: dict = {**SNAC_24KHZ, "encoder_dim": 8, "decoder_dim": 64}
 
 CODEC_ARCHS: dict[str, dict] = {"snac_24khz": SNAC_24KHZ, "tiny": SNAC_TINY}
 DECODE_SEED = 0

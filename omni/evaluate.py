@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.metrics import error_rates

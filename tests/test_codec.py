@@ -17,7 +17,7 @@ from data.codec import (  # noqa: E402
     load_codec,
     samples_per_frame,
 )
-from omni.mini_omni.layout import frames_to_snac, snac_to_frames  # noqa: E402
+from omni.mini_omni.layout import frames_to_snac  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +64,6 @@ def test_encode_frames_uses_spec_stream_order(tiny):
     for t in range(n):
         expected = [l0[t], l1[2 * t], l2[4 * t], l2[4 * t + 1], l1[2 * t + 1], l2[4 * t + 2], l2[4 * t + 3]]
         assert frames[t].tolist() == [int(x) for x in expected]
-
-
-def test_hand_made_levels_follow_spec_table():
-    l0 = torch.tensor([10, 20])
-    l1 = torch.tensor([11, 14, 21, 24])
-    l2 = torch.tensor([12, 13, 15, 16, 22, 23, 25, 26])
-    frames = snac_to_frames(l0, l1, l2)
-    assert frames.tolist() == [[10, 11, 12, 13, 14, 15, 16], [20, 21, 22, 23, 24, 25, 26]]
-    back = frames_to_snac(frames)
-    assert all(torch.equal(a, b) for a, b in zip(back, (l0, l1, l2)))
 
 
 def test_decode_frames_matches_snac_decode_and_is_deterministic(tiny):

@@ -1,7 +1,6 @@
 """Every shipped config composes and instantiates; mistakes fail at start naming the valid choices."""
 import subprocess
 import sys
-from pathlib import Path
 
 import hydra
 import pytest
