@@ -52,7 +52,7 @@ def tiny_model_cfg():
     from omni.mini_omni.model import MiniOmniConfig
 
     register_resolvers()
-    node = OmegaConf.load(CONF / "model" / "mini_omni_tiny.yaml").cfg
+    node = OmegaConf.load(CONF / "model" / "mini_omni_tiny.yaml").model.cfg
     raw = OmegaConf.to_container(node, resolve=True)
     raw.pop("_target_"), raw.pop("_convert_")
     raw["whisper"]["max_source_positions"] = 50  # 1 s window keeps unit tests fast

@@ -38,8 +38,9 @@ def test_loss_falls_when_overfitting_one_batch(compose):
 
 
 def test_train_checkpoint_eval_round_trip(tmp_path):
-    cfg = compose_cfg(FAST, tmp_path / "train")
+    cfg = compose_cfg(["debug=fast", "data.max_tokens=1200", "logger=many"], tmp_path / "train")
     metrics = train(cfg)
+    assert list((tmp_path / "train" / "wandb").glob("offline-run-*/run-*.wandb")), "no offline wandb run written"
     for key in ("train/loss", "val/loss", "val/cer", "val/wer", "test/loss"):
         assert key in metrics and metrics[key] == metrics[key], key
     last = Path(metrics["last_checkpoint"])
