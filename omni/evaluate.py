@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -38,10 +41,31 @@ def build_datamodule(run_cfg: dict, cfg: DictConfig):
     return hydra.utils.instantiate(data_cfg)
 
 
-def evaluate(cfg: DictConfig) -> dict:
+def speak(infer, example: dict, task: str, sampling, codec, cfg: DictConfig, wav_path: Path) -> dict:
+    """Stream one spoken answer (chunks of `cfg.stream_stride` frames), write it as a wav, time the first chunk."""
     from data.audio import write_wav
-    from data.codec import codec_sample_rate, decode_frames, load_codec
+    from data.codec import codec_sample_rate, decode_frames
+
+    text, chunks, n_frames, first = "", [], 0, None
+    t0 = time.perf_counter()
+    for event in infer.stream(example, task, sampling, partial(decode_frames, codec), cfg.stream_stride,
+                              cfg.batch_parallel):
+        text += event.text
+        if event.audio is not None:
+            first = first if first is not None else time.perf_counter() - t0
+            chunks.append(event.audio)
+            n_frames += int(event.frames.shape[0])
+    row = {"hypothesis": text.strip(), "n_frames": n_frames, "first_chunk_s": first}
+    if chunks:
+        write_wav(wav_path, np.concatenate(chunks), codec_sample_rate(codec))
+        row["wav"] = str(wav_path)
+    return row
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    from data.codec import load_codec
     from omni.families import load_tokenizer, make_inference
+    from omni.mini_omni.layout import task_spec
     from omni.mini_omni.generate import SamplingConfig
 
     configure_environment()
@@ -60,19 +84,15 @@ def evaluate(cfg: DictConfig) -> dict:
         examples = datamodule.examples(cfg.split, task, cfg.max_examples)
         refs, hyps, t0 = [], [], time.perf_counter()
         for ex in examples:
-            ans = infer.answer(ex, task, sampling, batch_parallel=cfg.batch_parallel)
-            row = {"task": task, "id": ex["id"], "speaker": ex.get("speaker"),
-                   "reference": ex[REFERENCE_FIELD[task]], "hypothesis": ans.text}
-            if ans.frames is not None:
+            row = {"task": task, "id": ex["id"], "speaker": ex.get("speaker"), "reference": ex[REFERENCE_FIELD[task]]}
+            if task_spec(task).audio_out:
                 codec = codec or load_codec(cfg.codec.path, arch=cfg.codec.arch, seed=cfg.codec.seed)
-                wav_path = out_dir / "wav" / f"{task}-{ex['id']}.wav"
-                if ans.frames.shape[0] > 0:
-                    write_wav(wav_path, decode_frames(codec, ans.frames), codec_sample_rate(codec))
-                    row["wav"] = str(wav_path)
-                row["n_frames"] = int(ans.frames.shape[0])
+                row.update(speak(infer, ex, task, sampling, codec, cfg, out_dir / "wav" / f"{task}-{ex['id']}.wav"))
+            else:
+                row["hypothesis"] = infer.answer(ex, task, sampling, batch_parallel=cfg.batch_parallel).text
             rows.append(row)
             refs.append(row["reference"] or "")
-            hyps.append(ans.text)
+            hyps.append(row["hypothesis"])
         rates = error_rates(refs, hyps) if examples else {"cer": float("nan"), "wer": float("nan"), "n": 0}
         rates["seconds"] = round(time.perf_counter() - t0, 2)
         results[task] = rates

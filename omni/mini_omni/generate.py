@@ -6,6 +6,7 @@ fill (PAD_A, forced rather than sampled, exactly as in training), and a layer th
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,7 @@ from transformers import DynamicCache
 
 from omni.mini_omni.layout import undelay
 from omni.mini_omni.model import MiniOmni
+from omni.mini_omni.tokens import MiniOmniTokens
 
 
 @dataclass
@@ -84,35 +86,31 @@ class MiniOmniDecoder:
         return out.last_hidden_state[:, -1]
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
-                 audio_mels: torch.Tensor | None = None, audio_start: int = 1, audio_len: int = 0) -> Generation:
-        """Decode B items in lock-step. Text-only answers stop at EOT; audio answers stop when layer 6 emits EOA."""
+    def iter_columns(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
+                     audio_mels: torch.Tensor | None = None, audio_start: int = 1,
+                     audio_len: int = 0) -> Iterator[torch.Tensor]:
+        """Yield each decoded step as a (B, 8) column (CPU), the stopping one included. B items decode in
+        lock-step; text-only answers stop at EOT, audio answers when layer 6 emits EOA (for every item)."""
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
         tok = self.tok
         B = prompt.shape[0]
         h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len)
-        text: list[list[int]] = [[] for _ in range(B)]
-        layers: list[list[list[int]]] = [[[] for _ in range(tok.n_audio_layers)] for _ in range(B)]
         text_done = torch.zeros(B, dtype=torch.bool)
         audio_done = torch.zeros(B, tok.n_audio_layers, dtype=torch.bool)
-        steps = 0
         for k in range(cfg.max_new_tokens):
             column = self._next_column(h, k, audio_out, text_done, audio_done, cfg, gen)  # (B, 8)
-            for b in range(B):
-                if not text_done[b] and column[b, tok.text_row] != tok.eot:
-                    text[b].append(int(column[b, tok.text_row]))
-                for i in range(tok.n_audio_layers):
-                    layers[b][i].append(int(column[b, i]))
+            yield column.cpu()
             text_done |= column[:, tok.text_row].cpu() == tok.eot
-            steps = k + 1
-            if audio_out:
-                audio_done |= column[:, : tok.n_audio_layers].cpu() == tok.eoa
-                if bool(audio_done[:, -1].all()):
-                    break
-            elif bool(text_done.all()):
-                break
+            audio_done |= column[:, : tok.n_audio_layers].cpu() == tok.eoa
+            if bool(audio_done[:, -1].all()) if audio_out else bool(text_done.all()):
+                return
             h = self.step(column, cache)
-        return Generation(text_ids=text, audio_layers=layers if audio_out else [], steps=steps)
+
+    def generate(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
+                 audio_mels: torch.Tensor | None = None, audio_start: int = 1, audio_len: int = 0) -> Generation:
+        """Decode B items to completion (see `iter_columns`)."""
+        columns = self.iter_columns(prompt, audio_out, cfg, audio_mels, audio_start, audio_len)
+        return collect(self.tok, columns, prompt.shape[0], audio_out)
 
     def _next_column(self, h: torch.Tensor, k: int, audio_out: bool, text_done: torch.Tensor,
                      audio_done: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -132,41 +130,56 @@ class MiniOmniDecoder:
 
 
 @torch.no_grad()
-def generate_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt: torch.Tensor,
-                            audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig) -> Generation:
+def iter_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt: torch.Tensor,
+                        audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig) -> Iterator[torch.Tensor]:
     """Spec 'batch-parallel decoding': item 0 = A1A2 prompt, item 1 = A1T2 prompt of the same audio (1, 8, P).
     Audio tokens come from item 0's audio logits, the text token from item 1's text logits; the text token is fed
-    to both, item 0 gets its audio tokens back, item 1 gets PAD_A. Returns one item (text + audio layers)."""
+    to both, item 0 gets its own audio tokens back, item 1 gets PAD_A. Yields the answer's (1, 8) columns."""
     tok = model.tokens
     dec = MiniOmniDecoder(model)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
     prompt = torch.cat([a1a2_prompt, a1t2_prompt], dim=0)  # (2, 8, P)
     h, cache = dec.prefill(prompt, audio_mels.expand(2, -1, -1), 1, audio_len)
-    text: list[int] = []
-    layers: list[list[int]] = [[] for _ in range(tok.n_audio_layers)]
     text_done = False
     audio_done = torch.zeros(tok.n_audio_layers, dtype=torch.bool)
-    steps = 0
     for k in range(cfg.max_new_tokens):
         t = tok.pad_t if text_done else int(sample(model.row_logits(h[1:2], tok.text_row), cfg, gen))
-        audio = torch.full((tok.n_audio_layers,), tok.pad_a, dtype=torch.long)
+        column = torch.full((2, tok.n_rows), tok.pad_a, dtype=torch.long)
         for i in range(tok.n_audio_layers):
             if k > i and not audio_done[i]:
-                audio[i] = int(sample(model.row_logits(h[0:1], i), cfg, gen))
-        if not text_done and t != tok.eot:
-            text.append(t)
-        text_done = text_done or t == tok.eot
-        for i in range(tok.n_audio_layers):
-            layers[i].append(int(audio[i]))
-        audio_done |= audio == tok.eoa
-        steps = k + 1
-        if audio_done[-1]:
-            break
-        column = torch.full((2, tok.n_rows), tok.pad_a, dtype=torch.long)
-        column[0, : tok.n_audio_layers] = audio
+                column[0, i] = int(sample(model.row_logits(h[0:1], i), cfg, gen))
         column[:, tok.text_row] = t
+        yield column[:1].clone()
+        text_done = text_done or t == tok.eot
+        audio_done |= column[0, : tok.n_audio_layers] == tok.eoa
+        if audio_done[-1]:
+            return
         h = dec.step(column.to(h.device), cache)
-    return Generation(text_ids=[text], audio_layers=[layers], steps=steps)
+
+
+def generate_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt: torch.Tensor,
+                            audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig) -> Generation:
+    """Batch-parallel A1A2 decoding to completion (see `iter_batch_parallel`); one item."""
+    columns = iter_batch_parallel(model, a1a2_prompt, a1t2_prompt, audio_mels, audio_len, cfg)
+    return collect(model.tokens, columns, 1, audio_out=True)
+
+
+def collect(tok: MiniOmniTokens, columns: Iterable[torch.Tensor], batch: int, audio_out: bool) -> Generation:
+    """Accumulate (B, 8) step columns into per-item text ids (up to EOT) and per-layer audio streams."""
+    text: list[list[int]] = [[] for _ in range(batch)]
+    layers: list[list[list[int]]] = [[[] for _ in range(tok.n_audio_layers)] for _ in range(batch)]
+    ended = [False] * batch
+    steps = 0
+    for column in columns:
+        steps += 1
+        for b in range(batch):
+            t = int(column[b, tok.text_row])
+            ended[b] = ended[b] or t == tok.eot
+            if not ended[b]:
+                text[b].append(t)
+            for i in range(tok.n_audio_layers):
+                layers[b][i].append(int(column[b, i]))
+    return Generation(text_ids=text, audio_layers=layers if audio_out else [], steps=steps)
 
 
 def frames_until_eoa(frames: torch.Tensor, eoa: int) -> torch.Tensor:

@@ -2,14 +2,19 @@
 callbacks). An example is the dict produced by data.dataset.OmniDataset."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from omni.mini_omni.generate import MiniOmniDecoder, SamplingConfig, frames_until_eoa, generate_batch_parallel
+from omni.mini_omni.generate import (
+    MiniOmniDecoder, SamplingConfig, collect, frames_until_eoa, iter_batch_parallel,
+)
 from omni.mini_omni.layout import audio_prompt, task_spec, text_prompt
 from omni.mini_omni.model import MiniOmni
+from omni.mini_omni.stream import StreamEvent, stream_events
 from omni.mini_omni.tokens import MiniOmniTokens
 
 
@@ -45,16 +50,28 @@ class MiniOmniInference:
     def decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i < self.tok.text_vocab], skip_special_tokens=True).strip()
 
-    @torch.no_grad()
-    def answer(self, example: dict, task: str, sampling: SamplingConfig, batch_parallel: bool = True) -> Answer:
-        """Generate the answer of `task` for one example. A1A2 uses the spec's batch-parallel decoding."""
-        spec = task_spec(task)
+    def iter_columns(self, example: dict, task: str, sampling: SamplingConfig,
+                     batch_parallel: bool = True) -> Iterator[torch.Tensor]:
+        """Decoded (1, 8) step columns of one example's answer. A1A2 uses the spec's batch-parallel decoding."""
         prompt, mels, T = self.prompt(example, task)
         if task == "a1a2" and batch_parallel:
             a1t2, _, _ = self.prompt(example, "a1t2")
-            gen = generate_batch_parallel(self.model, prompt, a1t2, mels, T, sampling)
-        else:
-            gen = MiniOmniDecoder(self.model).generate(prompt, spec.audio_out, sampling, mels, 1, T)
+            return iter_batch_parallel(self.model, prompt, a1t2, mels, T, sampling)
+        return MiniOmniDecoder(self.model).iter_columns(prompt, task_spec(task).audio_out, sampling, mels, 1, T)
+
+    @torch.no_grad()
+    def answer(self, example: dict, task: str, sampling: SamplingConfig, batch_parallel: bool = True) -> Answer:
+        """Generate the whole answer of `task` for one example."""
+        audio_out = task_spec(task).audio_out
+        gen = collect(self.tok, self.iter_columns(example, task, sampling, batch_parallel), 1, audio_out)
         frames = frames_until_eoa(gen.frames(0, self.tok.n_audio_layers), self.tok.codebook_size) \
-            if spec.audio_out else None
+            if audio_out else None
         return Answer(text=self.decode_text(gen.text_ids[0]), text_ids=gen.text_ids[0], frames=frames)
+
+    def stream(self, example: dict, task: str, sampling: SamplingConfig,
+               decode_audio: Callable[[torch.Tensor], np.ndarray], stride: int = 4,
+               batch_parallel: bool = True) -> Iterator[StreamEvent]:
+        """(text piece, audio chunk) events of one example's spoken answer as decoding runs (see stream.py).
+        decode_audio: (n, 7) SNAC frames -> waveform, e.g. `partial(data.codec.decode_frames, codec)`."""
+        columns = self.iter_columns(example, task, sampling, batch_parallel)
+        return stream_events(self.tok, columns, self.decode_text, decode_audio, stride)
