@@ -31,7 +31,24 @@ def model_state_dict(ckpt: dict, prefix: str = "model.") -> dict[str, torch.Tens
 
 
 def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Initialise `model` from a previous run's checkpoint (stage chaining: `init_from=...`)."""
+    """Initialise `model` from a previous run's checkpoint (stage chaining: `init_from=...`), or from a folder:
+    a released litgpt-format Mini-Omni folder (`lit_model.pth` + `model_config.yaml`) or our Hugging Face export
+    (`omni_config.json`). Folders keep the model's own audio encoder (released folders do not hold Whisper)."""
+    path = Path(path)
+    if path.is_dir():
+        from omni.mini_omni import convert
+
+        if (path / "model_config.yaml").exists():
+            convert.load_litgpt_into(model, path)
+        elif (path / "omni_config.json").exists():
+            state = convert.load_hf(path).state_dict()
+            convert.load_omni_state(model, {k: v for k, v in state.items() if not k.startswith("audio_encoder.")},
+                                    str(path))
+        else:
+            raise ValueError(f"{path}: not a checkpoint folder (expected model_config.yaml + lit_model.pth, "
+                             "or omni_config.json from an export)")
+        log.info("initialised model from folder %s", path)
+        return
     state = model_state_dict(read_checkpoint(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):

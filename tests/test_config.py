@@ -19,8 +19,8 @@ def test_every_experiment_composes_and_instantiates(compose, experiment):
     stages = list(cfg.curriculum.values()) if cfg.get("curriculum") else [cfg.stage]
     for stage in stages:
         assert set(stage.tasks) <= {"asr", "a1t2", "a1a2", "t1t2", "t1a2", "tts"}
-    dm = hydra.utils.instantiate(cfg.data)
-    assert dm is not None
+    if not OmegaConf.is_missing(cfg.data, "train"):  # recipes for external data name their paths on the CLI
+        assert hydra.utils.instantiate(cfg.data) is not None
     for node in cfg.callbacks.values():
         if node is not None:
             hydra.utils.instantiate(node)

@@ -53,3 +53,20 @@ def test_init_from_previous_stage_checkpoint(compose, tmp_path):
     torch.save({"state_dict": {"model.nope": torch.zeros(1)}}, bad)
     with pytest.raises(RuntimeError, match="does not fit the model"):
         build_module(compose("stage=adapter"), init_from=str(bad))
+
+
+def test_init_from_released_litgpt_folder_and_hf_export(compose, tmp_path):
+    from omni.mini_omni.convert import export_hf, export_litgpt
+
+    src = build_module(compose("stage=multimodal"), init_from=None).model
+    with torch.no_grad():
+        src.audio_adapter.fc_1.weight.fill_(0.25)
+    export_litgpt(src, tmp_path / "lit")
+    export_hf(src, tmp_path / "hf")
+    for folder in ("lit", "hf"):
+        dst = build_module(compose("stage=alignment"), init_from=str(tmp_path / folder)).model
+        for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+            if not name.startswith("audio_encoder."):  # released folders hold no Whisper weights
+                assert torch.equal(a, b), (folder, name)
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        build_module(compose("stage=alignment"), init_from=str(tmp_path))

@@ -57,9 +57,20 @@ def test_train_checkpoint_eval_round_trip(tmp_path):
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["tasks"]["asr"]["n"] == 2
     rows = [json.loads(x) for x in (tmp_path / "eval" / "transcripts.jsonl").read_text().splitlines()]
-    for row in (r for r in rows if r.get("wav")):
+    spoken = [r for r in rows if r.get("wav")]
+    assert spoken, "A1A2 answers should be streamed to wav files"
+    for row in spoken:
         info = sf.info(row["wav"])
-        assert info.samplerate == 24000 and info.frames == row["n_frames"] * 2048
+        assert info.samplerate == 24000 and info.frames == row["n_frames"] * 2048 and row["first_chunk_s"] > 0
+
+    from omni.mini_omni.convert import import_litgpt, main as convert_main
+
+    convert_main(["ckpt-to-litgpt", str(last), str(tmp_path / "lit")])
+    from omni.evaluate import load_for_eval
+
+    _, state = import_litgpt(tmp_path / "lit", base=load_for_eval(str(last))[0].cfg)
+    ours = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(state["audio_adapter.proj.weight"], ours["model.audio_adapter.proj.weight"])
 
 
 def compose_eval(out_dir, *overrides):

@@ -595,10 +595,10 @@ def base_config_from_yaml(path: str | Path) -> MiniOmniConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m omni.mini_omni.convert {litgpt-to-hf,hf-to-litgpt} SRC DST [--whisper-path P]
+    """python -m omni.mini_omni.convert {litgpt-to-hf,hf-to-litgpt,ckpt-to-litgpt,ckpt-to-hf} SRC DST [--whisper-path P]
     [--model-config conf/model/X.yaml] [--skip-vision]"""
     parser = argparse.ArgumentParser(prog="python -m omni.mini_omni.convert", description=main.__doc__)
-    parser.add_argument("direction", choices=["litgpt-to-hf", "hf-to-litgpt"])
+    parser.add_argument("direction", choices=["litgpt-to-hf", "hf-to-litgpt", "ckpt-to-litgpt", "ckpt-to-hf"])
     parser.add_argument("src")
     parser.add_argument("dst")
     parser.add_argument("--whisper-path", default=None, help="local whisper-small folder (HF format)")
@@ -607,7 +607,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-vision", action="store_true", help="drop Mini-Omni2 vision_adapter.* tensors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    if args.direction == "litgpt-to-hf":
+    if args.direction.startswith("ckpt-to-"):  # a train.py checkpoint (model rebuilt from its stored config)
+        from omni.evaluate import load_for_eval
+
+        model, _ = load_for_eval(args.src)
+        (export_litgpt if args.direction == "ckpt-to-litgpt" else export_hf)(model, args.dst)
+    elif args.direction == "litgpt-to-hf":
         base = (base_config_from_yaml(args.model_config) if args.model_config
                 else MiniOmniConfig(whisper=dict(WHISPER_SMALL)))
         if args.whisper_path:
