@@ -7,6 +7,7 @@ fill (PAD_A, forced rather than sampled, exactly as in training), and a layer th
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -54,47 +55,77 @@ class Generation:
         return undelay(self.audio_layers[item], n_layers)
 
 
+@dataclass
+class StepState:
+    """Hidden states of the newest position: `text` (B, D) scores the text row, `audio` (B, D) the audio rows
+    (the TTS adapter's output when the model has one, else the same states)."""
+
+    text: torch.Tensor
+    audio: torch.Tensor
+
+    def __getitem__(self, idx: Any) -> "StepState":
+        return StepState(self.text[idx], self.audio[idx])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.text.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.device
+
+
 class MiniOmniDecoder:
-    """Stateful step decoder around a `MiniOmni` model; the KV cache lives here, never on the model."""
+    """Stateful step decoder around a `MiniOmni` model; the KV caches (LLM, and TTS adapter when configured)
+    live here, never on the model."""
 
     def __init__(self, model: MiniOmni) -> None:
         self.model = model
         self.tok = model.tokens
 
-    @torch.no_grad()
-    def prefill(self, prompt: torch.Tensor, audio_mels: torch.Tensor | None = None,
-                audio_start: int = 1, audio_len: int = 0) -> tuple[torch.Tensor, DynamicCache]:
-        """prompt (B, 8, P) local ids, same length for all items; audio_mels (B, n_mels, F) or None.
-        Returns the last position's hidden state (B, D) and the filled cache."""
-        B = prompt.shape[0]
-        audio = idx = start = length = None
-        if audio_mels is not None and audio_len > 0:
-            audio = self.model.encode_audio(audio_mels)
-            idx = torch.arange(B, device=prompt.device)
-            start = torch.full((B,), audio_start, device=prompt.device)
-            length = torch.full((B,), audio_len, device=prompt.device)
-        x = self.model.embed(prompt, audio, idx, start, length)
-        cache = DynamicCache()
-        out = self.model.hidden(x, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[:, -1], out.past_key_values
+    def _run(self, x: torch.Tensor, caches: tuple[DynamicCache, DynamicCache | None]) -> StepState:
+        h = self.model.hidden(x, past_key_values=caches[0], use_cache=True).last_hidden_state  # (B, L, D)
+        h_audio = h if caches[1] is None else \
+            self.model.audio_hidden(h, past_key_values=caches[1], use_cache=True)
+        return StepState(h[:, -1], h_audio[:, -1])
 
     @torch.no_grad()
-    def step(self, column: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-        """column (B, 8) local ids fed at the next position -> its hidden state (B, D)."""
-        x = self.model.embed(column.unsqueeze(-1))
-        out = self.model.hidden(x, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[:, -1]
+    def prefill(self, prompt: torch.Tensor, audio_mels: torch.Tensor | None = None, audio_start: int = 1,
+                audio_len: int = 0, image_pixels: torch.Tensor | None = None, image_start: int = 1,
+                image_len: int = 0) -> tuple[StepState, tuple[DynamicCache, DynamicCache | None]]:
+        """prompt (B, 8, P) local ids, same length for all items; audio_mels (B, n_mels, F) or None; image_pixels
+        (B, 3, H, W) or None. Returns the last position's states and the filled caches."""
+        B = prompt.shape[0]
+        idx = torch.arange(B, device=prompt.device)
+
+        def span(start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.full((B,), start, device=prompt.device), torch.full((B,), length, device=prompt.device))
+
+        audio = image = None
+        if audio_mels is not None and audio_len > 0:
+            audio = self.model.encode_audio(audio_mels)
+        if image_pixels is not None and image_len > 0:
+            image = self.model.encode_image(image_pixels)
+        x = self.model.embed(prompt, audio, idx if audio is not None else None, *span(audio_start, audio_len),
+                             image, idx if image is not None else None, *span(image_start, image_len))
+        caches = (DynamicCache(), DynamicCache() if self.model.tts_adapter is not None else None)
+        return self._run(x, caches), caches
+
+    @torch.no_grad()
+    def step(self, column: torch.Tensor, caches: tuple[DynamicCache, DynamicCache | None]) -> StepState:
+        """column (B, 8) local ids fed at the next position -> its states."""
+        return self._run(self.model.embed(column.unsqueeze(-1)), caches)
 
     @torch.no_grad()
     def iter_columns(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
                      audio_mels: torch.Tensor | None = None, audio_start: int = 1,
-                     audio_len: int = 0) -> Iterator[torch.Tensor]:
+                     audio_len: int = 0, **image: Any) -> Iterator[torch.Tensor]:
         """Yield each decoded step as a (B, 8) column (CPU), the stopping one included. B items decode in
         lock-step; text-only answers stop at EOT, audio answers when layer 6 emits EOA (for every item)."""
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
         tok = self.tok
         B = prompt.shape[0]
-        h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len)
+        h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len, **image)
         text_done = torch.zeros(B, dtype=torch.bool)
         audio_done = torch.zeros(B, tok.n_audio_layers, dtype=torch.bool)
         for k in range(cfg.max_new_tokens):
@@ -112,19 +143,19 @@ class MiniOmniDecoder:
         columns = self.iter_columns(prompt, audio_out, cfg, audio_mels, audio_start, audio_len)
         return collect(self.tok, columns, prompt.shape[0], audio_out)
 
-    def _next_column(self, h: torch.Tensor, k: int, audio_out: bool, text_done: torch.Tensor,
+    def _next_column(self, h: StepState, k: int, audio_out: bool, text_done: torch.Tensor,
                      audio_done: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
-        """Sample step k's 8 tokens from hidden (B, D), forcing fill / padding where the layout fixes them."""
+        """Sample step k's 8 tokens from the states (B, D), forcing fill / padding where the layout fixes them."""
         tok = self.tok
         B = h.shape[0]
         column = torch.full((B, tok.n_rows), tok.pad_a, dtype=torch.long)
-        text = sample(self.model.row_logits(h, tok.text_row), cfg, gen).cpu()
+        text = sample(self.model.row_logits(h.text, tok.text_row), cfg, gen).cpu()
         column[:, tok.text_row] = torch.where(text_done, torch.full_like(text, tok.pad_t), text)
         if audio_out:
             for i in range(tok.n_audio_layers):
                 if k <= i:
                     continue  # fill before layer i starts
-                a = sample(self.model.row_logits(h, i), cfg, gen).cpu()
+                a = sample(self.model.row_logits(h.audio, i), cfg, gen).cpu()
                 column[:, i] = torch.where(audio_done[:, i], torch.full_like(a, tok.pad_a), a)
         return column.to(h.device)
 
@@ -143,11 +174,11 @@ def iter_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt:
     text_done = False
     audio_done = torch.zeros(tok.n_audio_layers, dtype=torch.bool)
     for k in range(cfg.max_new_tokens):
-        t = tok.pad_t if text_done else int(sample(model.row_logits(h[1:2], tok.text_row), cfg, gen))
+        t = tok.pad_t if text_done else int(sample(model.row_logits(h.text[1:2], tok.text_row), cfg, gen))
         column = torch.full((2, tok.n_rows), tok.pad_a, dtype=torch.long)
         for i in range(tok.n_audio_layers):
             if k > i and not audio_done[i]:
-                column[0, i] = int(sample(model.row_logits(h[0:1], i), cfg, gen))
+                column[0, i] = int(sample(model.row_logits(h.audio[0:1], i), cfg, gen))
         column[:, tok.text_row] = t
         yield column[:1].clone()
         text_done = text_done or t == tok.eot

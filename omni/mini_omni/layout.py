@@ -24,6 +24,10 @@ class TaskSpec:
     audio_out: bool       # the answer carries SNAC frames (audio rows answer, A-task token ANSWER_A)
     text_loss: bool
     audio_loss: bool
+    image_in: bool = False  # Mini-Omni2: an image (vision-adapter features) precedes the question
+
+
+IMAGE_TOKENS = 50  # CLIP ViT-B/32 at 224 px: CLS + 7 x 7 patches (vision.n_image_tokens for other towers)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -34,6 +38,14 @@ TASKS: dict[str, TaskSpec] = {
     "t1a2": TaskSpec(audio_in=False, text_task_token="answer_t", audio_out=True, text_loss=True, audio_loss=True),
     # TTS: no released prompt builder; trained as T1A2 whose answer text repeats the input, audio loss only.
     "tts": TaskSpec(audio_in=False, text_task_token="answer_t", audio_out=True, text_loss=False, audio_loss=True),
+    # Mini-Omni2 image QA (spoken question about an image) and image-text pairs (caption: the image layout with
+    # no question audio, T = 0).
+    "image_a1t2": TaskSpec(audio_in=True, text_task_token="answer_t", audio_out=False, text_loss=True,
+                           audio_loss=False, image_in=True),
+    "image_a1a2": TaskSpec(audio_in=True, text_task_token="answer_t", audio_out=True, text_loss=True,
+                           audio_loss=True, image_in=True),
+    "caption": TaskSpec(audio_in=False, text_task_token="answer_t", audio_out=False, text_loss=True,
+                        audio_loss=False, image_in=True),
 }
 
 
@@ -53,6 +65,8 @@ class Layout:
     audio_start: int
     audio_len: int
     prompt_len: int
+    image_start: int = 0
+    image_len: int = 0
 
 
 def _rows(tok: MiniOmniTokens, audio: list[int], text: list[int]) -> torch.Tensor:
@@ -64,8 +78,8 @@ def _rows(tok: MiniOmniTokens, audio: list[int], text: list[int]) -> torch.Tenso
 def audio_prompt(tok: MiniOmniTokens, n_frames: int, task: str) -> torch.Tensor:
     """(8, T+3): INPUT, T placeholder slots, EOA/EOT, task token (spec 'Audio input' table)."""
     spec = task_spec(task)
-    if not spec.audio_in:
-        raise ValueError(f"task {task!r} takes text input, not audio")
+    if not spec.audio_in or spec.image_in:
+        raise ValueError(f"task {task!r} does not take the audio-only prompt")
     a_task = tok.answer_a if spec.audio_out else tok.pad_a
     audio = [tok.input_a] + [tok.pad_a] * n_frames + [tok.eoa, a_task]
     text = [tok.input_t] + [tok.pad_t] * n_frames + [tok.eot, getattr(tok, spec.text_task_token)]
@@ -75,12 +89,33 @@ def audio_prompt(tok: MiniOmniTokens, n_frames: int, task: str) -> torch.Tensor:
 def text_prompt(tok: MiniOmniTokens, text_ids: list[int], task: str) -> torch.Tensor:
     """(8, n+3): text row INPUT_T, tokens, EOT, ANSWER_T; audio rows PAD_A ... then ANSWER_A or PAD_A."""
     spec = task_spec(task)
-    if spec.audio_in:
-        raise ValueError(f"task {task!r} takes audio input, not text")
+    if spec.audio_in or spec.image_in:
+        raise ValueError(f"task {task!r} does not take the text prompt")
     n = len(text_ids)
     audio = [tok.pad_a] * (n + 2) + [tok.answer_a if spec.audio_out else tok.pad_a]
     text = [tok.input_t] + list(text_ids) + [tok.eot, getattr(tok, spec.text_task_token)]
     return _rows(tok, audio, text)
+
+
+def image_prompt(tok: MiniOmniTokens, n_frames: int, task: str, n_image: int = IMAGE_TOKENS) -> torch.Tensor:
+    """(8, n_image + 5 + T), spec "Mini-Omni2 image QA" (55 + T for CLIP's 50 tokens): audio rows IMAGE,
+    PAD_A x n_image, END_IMAGE, INPUT_A, PAD_A x T, EOA, ANSWER_A (audio answer) or PAD_A; text row
+    PAD_T x (n_image + 4 + T) then ANSWER_T. Image features go to 1..n_image, encoder frames to
+    n_image + 2 .. n_image + 1 + T (`image_spans`)."""
+    spec = task_spec(task)
+    if not spec.image_in:
+        raise ValueError(f"task {task!r} takes no image")
+    a_task = tok.answer_a if spec.audio_out else tok.pad_a
+    audio = [tok.image] + [tok.pad_a] * n_image + [tok.end_image, tok.input_a] + [tok.pad_a] * n_frames \
+        + [tok.eoa, a_task]
+    text = [tok.pad_t] * (n_image + 4 + n_frames) + [getattr(tok, spec.text_task_token)]
+    return _rows(tok, audio, text)
+
+
+def image_spans(n_image: int = IMAGE_TOKENS) -> tuple[int, int]:
+    """(image_start, audio_start) of the image layout: the released code injects vision features at
+    1..n_image and Whisper features from n_image + 2 (52 for CLIP), i.e. from the INPUT_A slot on."""
+    return 1, n_image + 2
 
 
 def answer_grid(
@@ -120,13 +155,21 @@ def build_example(
     question_ids: list[int] | None = None,
     n_audio_frames: int = 0,
     answer_codes: torch.Tensor | None = None,
+    n_image_tokens: int = IMAGE_TOKENS,
 ) -> Layout:
     """Full training layout for one example of `task` (see module docstring)."""
     spec = task_spec(task)
-    if spec.audio_in:
+    image_start = audio_start = 0
+    if spec.image_in:
+        if spec.audio_in and n_audio_frames <= 0:
+            raise ValueError(f"task {task!r} needs audio frames, got {n_audio_frames}")
+        prompt = image_prompt(tok, n_audio_frames if spec.audio_in else 0, task, n_image_tokens)
+        image_start, audio_start = image_spans(n_image_tokens)
+    elif spec.audio_in:
         if n_audio_frames <= 0:
             raise ValueError(f"task {task!r} needs audio frames, got {n_audio_frames}")
         prompt = audio_prompt(tok, n_audio_frames, task)
+        audio_start = 1
     else:
         if not question_ids:
             raise ValueError(f"task {task!r} needs question text tokens")
@@ -147,9 +190,11 @@ def build_example(
     return Layout(
         inputs=full[:, :-1],
         targets=targets[:, :-1],
-        audio_start=1 if spec.audio_in else 0,
+        audio_start=audio_start if spec.audio_in else 0,
         audio_len=n_audio_frames if spec.audio_in else 0,
         prompt_len=p,
+        image_start=image_start,
+        image_len=n_image_tokens if spec.image_in else 0,
     )
 
 

@@ -15,6 +15,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
+from omni.mini_omni.vision import VisionTower, check_arch, n_image_tokens
 
 
 @dataclass
@@ -30,6 +31,15 @@ class MiniOmniConfig:
     tokenizer_path: str | None = None
     adapter: str = "swiglu"          # "swiglu" (released) or "linear"
     adapter_hidden: int = 4864
+    # Mini-Omni2 image input: a CLIP / SigLIP tower (transformers config kwargs, or a local folder) + SwiGLU
+    # vision adapter. vision=None and vision_path=None: no image input (Mini-Omni).
+    vision: dict[str, Any] | None = None
+    vision_path: str | None = None
+    vision_arch: str = "clip"
+    vision_adapter_hidden: int = 4864
+    # The paper's optional TTS adapter: extra decoder blocks over the LLM output + a separate audio head
+    # (7 x padded audio vocab = 29120 outputs at full size). None = off (the released weights have none).
+    tts_adapter: dict[str, Any] | None = None
     text_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
 
@@ -40,6 +50,13 @@ class MiniOmniConfig:
             raise ValueError(f"model.adapter={self.adapter!r} is not one of {sorted(ADAPTERS)}")
         self.backbone = dict(self.backbone)
         self.whisper = dict(self.whisper)
+        check_arch(self.vision_arch)
+        self.vision = None if self.vision is None else dict(self.vision)
+        if self.tts_adapter is not None:
+            self.tts_adapter = dict(self.tts_adapter)
+            unknown = set(self.tts_adapter) - {"n_layers"}
+            if unknown or int(self.tts_adapter.get("n_layers", 0)) < 1:
+                raise ValueError(f"model.tts_adapter must be {{n_layers: >= 1}} or null, got {self.tts_adapter}")
         for key in ("vocab_size", "tie_word_embeddings"):
             if key in self.backbone:
                 raise ValueError(f"model.backbone.{key} is derived from model.tokens; remove it from the config")
@@ -51,6 +68,24 @@ class MiniOmniConfig:
     @property
     def max_source_positions(self) -> int:
         return int(self.whisper.get("max_source_positions", 1500))
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vision is not None or self.vision_path is not None
+
+    @property
+    def n_image_tokens(self) -> int:
+        """Image tokens per image (50 for CLIP ViT-B/32 at 224 px); read from the tower when loaded from a folder."""
+        if self.vision_path:
+            from transformers import AutoConfig
+
+            c = AutoConfig.from_pretrained(self.vision_path)
+            c = getattr(c, "vision_config", c)
+            return n_image_tokens(self.vision_arch, int(c.image_size), int(c.patch_size))
+        if self.vision is None:
+            return 0
+        return n_image_tokens(self.vision_arch, int(self.vision.get("image_size", 224)),
+                              int(self.vision.get("patch_size", 32)))
 
     @property
     def window_s(self) -> float:
@@ -83,6 +118,31 @@ class LinearAdapter(nn.Module):
 ADAPTERS = {"swiglu": SwiGLUAdapter, "linear": LinearAdapter}
 
 
+class TTSAdapter(nn.Module):
+    """Extra decoder blocks over the LLM's final hidden states + a separate audio head (7 x padded audio vocab),
+    used for the audio rows only. `blocks` is a transformers Qwen2Model of the backbone's shape (its own rotary
+    embedding, causal mask and KV cache; no token embedding); `head` rows [4160 i, 4160 (i + 1)) score layer i."""
+
+    def __init__(self, backbone: Qwen2Config, n_layers: int, tokens: MiniOmniTokens) -> None:
+        super().__init__()
+        from transformers import Qwen2Model
+
+        cfg = Qwen2Config(**{**backbone.to_dict(), "num_hidden_layers": n_layers, "vocab_size": 1,
+                             "layer_types": None})
+        self.blocks = Qwen2Model(cfg)
+        self.blocks.embed_tokens = None  # inputs are hidden states, never token ids
+        self.head = nn.Linear(cfg.hidden_size, tokens.n_audio_layers * tokens.audio_padded, bias=False)
+        self.audio_padded = tokens.audio_padded
+
+    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: Any):
+        """(B, L, D) LLM hidden states -> BaseModelOutputWithPast of the adapter blocks (kw: past_key_values...)."""
+        return self.blocks(inputs_embeds=h, attention_mask=attention_mask, **kw)
+
+    def layer_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        w = self.head.weight[layer * self.audio_padded : (layer + 1) * self.audio_padded]
+        return h @ w.t().to(h.dtype)
+
+
 def build_backbone(cfg: MiniOmniConfig) -> Qwen2ForCausalLM:
     """Qwen2 with the full 8-stream vocabulary and an untied head (local weights resized when given)."""
     total = cfg.tokens.total_vocab
@@ -107,7 +167,8 @@ def build_whisper_encoder(cfg: MiniOmniConfig) -> WhisperEncoder:
 
 class MiniOmni(nn.Module):
     """The Mini-Omni network. Submodule names are the freezing vocabulary of the stage configs:
-    `backbone.*` (LLM incl. shared embedding and head), `audio_encoder.*` (Whisper), `audio_adapter.*`."""
+    `backbone.*` (LLM incl. shared embedding and head), `audio_encoder.*` (Whisper), `audio_adapter.*`, and when
+    configured `vision_encoder.*` (CLIP / SigLIP), `vision_adapter.*` (Mini-Omni2), `tts_adapter.*`."""
 
     def __init__(self, cfg: MiniOmniConfig) -> None:
         super().__init__()
@@ -117,6 +178,11 @@ class MiniOmni(nn.Module):
         self.audio_encoder = build_whisper_encoder(cfg)
         d_model = self.backbone.config.hidden_size
         self.audio_adapter = ADAPTERS[cfg.adapter](self.audio_encoder.config.d_model, cfg.adapter_hidden, d_model)
+        if cfg.has_vision:
+            self.vision_encoder = VisionTower(cfg.vision_arch, cfg.vision, cfg.vision_path)
+            self.vision_adapter = SwiGLUAdapter(self.vision_encoder.feature_dim, cfg.vision_adapter_hidden, d_model)
+        self.tts_adapter = TTSAdapter(self.backbone.config, int(cfg.tts_adapter["n_layers"]), cfg.tokens) \
+            if cfg.tts_adapter else None
         self.register_buffer("row_offsets", cfg.tokens.row_offsets(), persistent=False)
 
     # -- pieces ------------------------------------------------------------------------------------------------
@@ -129,6 +195,12 @@ class MiniOmni(nn.Module):
         feats = self.audio_encoder(input_features=mels).last_hidden_state  # (B_a, T_max, E)
         return self.audio_adapter(feats)
 
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B_i, 3, H, W) normalised pixels -> (B_i, N, D) vision-adapter outputs (N image tokens)."""
+        if not self.cfg.has_vision:
+            raise ValueError("this model has no vision tower: set model.cfg.vision (or vision_path) for image input")
+        return self.vision_adapter(self.vision_encoder(pixels))
+
     def embed(
         self,
         ids: torch.Tensor,
@@ -136,33 +208,56 @@ class MiniOmni(nn.Module):
         audio_index: torch.Tensor | None = None,
         audio_start: torch.Tensor | None = None,
         audio_len: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        image_start: torch.Tensor | None = None,
+        image_len: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean of the 8 stream embeddings; adapter outputs replace the 7 audio rows at the audio span.
+        """Mean of the 8 stream embeddings; adapter outputs replace the 7 audio rows at their spans.
 
         ids: (B, 8, L) LOCAL layout ids. audio: (B_a, T_max, D) for the items audio_index (B_a,), placed at
-        positions [audio_start, audio_start + audio_len) of those items. Returns (B, L, D).
+        positions [audio_start, audio_start + audio_len) of those items; image: (B_i, N, D) likewise at
+        [image_start, image_start + image_len). The text row keeps its own embedding. Returns (B, L, D).
         """
         n_audio = self.tokens.n_audio_layers
         emb = self.backbone.get_input_embeddings()(ids + self.row_offsets.view(1, -1, 1))  # (B, 8, L, D)
         audio_sum = emb[:, :n_audio].sum(dim=1)  # (B, L, D)
-        if audio is not None and audio_index is not None and audio_index.numel() > 0:
-            L = ids.shape[-1]
-            t_max = audio.shape[1]
-            pos = torch.arange(L, device=ids.device)  # (L,)
-            rel = pos.view(1, -1) - audio_start.view(-1, 1)  # (B_a, L) offset into the encoder output
-            inside = (rel >= 0) & (rel < audio_len.view(-1, 1))  # (B_a, L)
-            gathered = torch.gather(audio, 1, rel.clamp(0, t_max - 1).unsqueeze(-1).expand(-1, -1, audio.shape[-1]))
-            injected = torch.where(inside.unsqueeze(-1), n_audio * gathered.to(audio_sum.dtype),
-                                   audio_sum[audio_index])
-            audio_sum = audio_sum.index_copy(0, audio_index, injected)
+        for feats, index, start, length in ((audio, audio_index, audio_start, audio_len),
+                                            (image, image_index, image_start, image_len)):
+            if feats is not None and index is not None and index.numel() > 0:
+                audio_sum = self._inject(audio_sum, feats * n_audio, index, start, length)
         return (audio_sum + emb[:, n_audio]) / self.tokens.n_rows
+
+    @staticmethod
+    def _inject(rows: torch.Tensor, feats: torch.Tensor, index: torch.Tensor, start: torch.Tensor,
+                length: torch.Tensor) -> torch.Tensor:
+        """rows (B, L, D) with feats (B_f, T_max, D) written at [start, start + length) of items `index`."""
+        L, t_max = rows.shape[1], feats.shape[1]
+        if bool((length > t_max).any()):
+            raise ValueError(f"layout wants {int(length.max())} feature slots but the encoder gave {t_max}")
+        pos = torch.arange(L, device=rows.device)  # (L,)
+        rel = pos.view(1, -1) - start.view(-1, 1)  # (B_f, L) offset into the features
+        inside = (rel >= 0) & (rel < length.view(-1, 1))  # (B_f, L)
+        gathered = torch.gather(feats, 1, rel.clamp(0, t_max - 1).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        injected = torch.where(inside.unsqueeze(-1), gathered.to(rows.dtype), rows[index])
+        return rows.index_copy(0, index, injected)
 
     def hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: Any):
         """Backbone transformer without its head: (B, L, D) -> BaseModelOutputWithPast."""
         return self.backbone.model(inputs_embeds=embeds, attention_mask=attention_mask, **kw)
 
+    def audio_hidden(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+        """States the audio rows are scored from: the TTS adapter's blocks over h (B, L, D) when configured
+        (kw: its own past_key_values / use_cache), else h itself."""
+        if self.tts_adapter is None:
+            return h
+        return self.tts_adapter(h, attention_mask=attention_mask, **kw).last_hidden_state
+
     def row_logits(self, h: torch.Tensor, row: int) -> torch.Tensor:
-        """(..., D) hidden -> (..., V_row) logits of one row through its slice of the shared head."""
+        """(..., D) hidden -> (..., V_row) logits of one row: the text row through its slice of the shared head;
+        audio rows through theirs, or through the TTS adapter's head (then h must be `audio_hidden` states)."""
+        if self.tts_adapter is not None and row != self.tokens.text_row:
+            return self.tts_adapter.layer_logits(h, row)
         w = self.head_weight[self.tokens.head_slice(row)]
         return h @ w.t().to(h.dtype)
 
@@ -171,14 +266,23 @@ class MiniOmni(nn.Module):
         """Loss over a collated batch (see data/collate.py for the batch legend). Logits are computed only at
         positions with a target, per row through its head slice (the 181k-way head dominates otherwise)."""
         audio = self.encode_audio(batch["audio_mels"]) if batch.get("audio_mels") is not None else None
+        image = self.encode_image(batch["image_pixels"]) if batch.get("image_pixels") is not None else None
         x = self.embed(batch["input_ids"], audio, batch.get("audio_index"), batch.get("audio_start"),
-                       batch.get("audio_len"))
+                       batch.get("audio_len"), image, batch.get("image_index"), batch.get("image_start"),
+                       batch.get("image_len"))
         h = self.hidden(x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, L, D)
-        return self.loss_from_hidden(h, batch["targets"])
+        targets = batch["targets"]
+        h_audio = None
+        if self.tts_adapter is not None and bool((targets[:, : self.tokens.n_audio_layers] != IGNORE).any()):
+            h_audio = self.audio_hidden(h, attention_mask=batch["attention_mask"])
+        return self.loss_from_hidden(h, targets, h_audio)
 
-    def loss_from_hidden(self, h: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """h: (B, L, D); targets: (B, 8, L) local ids or IGNORE. Returns loss, loss_text, loss_audio and counts."""
+    def loss_from_hidden(self, h: torch.Tensor, targets: torch.Tensor,
+                         h_audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """h: (B, L, D); targets: (B, 8, L) local ids or IGNORE; h_audio: states for the audio rows (the TTS
+        adapter's, default h). Returns loss, loss_text, loss_audio and counts."""
         tok = self.tokens
+        h_audio = h if h_audio is None else h_audio
         out: dict[str, torch.Tensor] = {}
         text_t = targets[:, tok.text_row]  # (B, L)
         sel = text_t != IGNORE
@@ -190,7 +294,7 @@ class MiniOmni(nn.Module):
             t_i = targets[:, i]
             sel_i = t_i != IGNORE
             if sel_i.any():
-                audio_sum = audio_sum + F.cross_entropy(self.row_logits(h[sel_i], i).float(), t_i[sel_i],
+                audio_sum = audio_sum + F.cross_entropy(self.row_logits(h_audio[sel_i], i).float(), t_i[sel_i],
                                                         reduction="sum")
                 n_audio = n_audio + sel_i.sum()
         out["loss_text"] = loss_text / n_text.clamp(min=1)

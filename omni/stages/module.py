@@ -103,6 +103,9 @@ class OmniModule(LightningModule):
             if int(n) > 0:
                 self.log(f"{split}/{name}", out[name], batch_size=bs, on_step=on_step, on_epoch=True,
                          sync_dist=split != "train")
+        for name, value in out.get("metrics", {}).items():  # family-specific scalars (e.g. decision accuracy)
+            self.log(f"{split}/{name}", value, batch_size=bs, on_step=on_step, on_epoch=True,
+                     sync_dist=split != "train")
         if split == "train":
             self.log("train/tokens", float(batch["n_tokens"]), reduce_fx="sum", on_step=False, on_epoch=True,
                      batch_size=bs)

@@ -1,0 +1,200 @@
+"""Mini-Omni2 image input (spec "Mini-Omni2 image QA") and the optional TTS adapter."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from omni.mini_omni.layout import IMAGE_TOKENS, build_example, image_prompt, image_spans
+from omni.mini_omni.model import MiniOmni, MiniOmniConfig
+from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
+from omni.mini_omni.vision import VisionTower, image_processor, load_pixels, n_image_tokens
+
+TOK = MiniOmniTokens()  # released ids
+TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224,
+                 patch_size=32, projection_dim=24)
+
+
+def test_image_prompt_hand_drawn_small():
+    # 3 image tokens, T = 2 audio frames, spoken question with a spoken answer (image_a1a2)
+    I, PA, EI, IA, EOA, AA = 4101, 4097, 4102, 4098, 4096, 4099
+    PT, AT = 151937, 151939
+    audio_row = [I, PA, PA, PA, EI, IA, PA, PA, EOA, AA]
+    text_row = [PT] * 9 + [AT]
+    got = image_prompt(TOK, n_frames=2, task="image_a1a2", n_image=3)
+    assert got.shape == (8, 10)
+    for r in range(7):
+        assert got[r].tolist() == audio_row
+    assert got[7].tolist() == text_row
+    # text answer: the last audio slot is PAD_A instead of ANSWER_A
+    assert image_prompt(TOK, 2, "image_a1t2", n_image=3)[0].tolist() == audio_row[:-1] + [PA]
+
+
+def test_image_prompt_released_positions():
+    """CLIP ViT-B/32: length 55 + T; vision features at 1..50, Whisper features at 52..52+T-1."""
+    T = 7
+    p = image_prompt(TOK, T, "image_a1a2")
+    assert IMAGE_TOKENS == 50 and p.shape == (8, 55 + T)
+    assert p[0, 0] == TOK.image and p[0, 51] == TOK.end_image and p[0, 52] == TOK.input_a
+    assert p[0, 53 + T] == TOK.eoa and p[0, 54 + T] == TOK.answer_a
+    assert (p[0, 1:51] == TOK.pad_a).all() and (p[0, 53:53 + T] == TOK.pad_a).all()
+    assert (p[7, : 54 + T] == TOK.pad_t).all() and p[7, 54 + T] == TOK.answer_t
+    assert image_spans() == (1, 52)
+    lay = build_example(TOK, "image_a1t2", answer_ids=[5, 6], n_audio_frames=T)
+    assert (lay.image_start, lay.image_len, lay.audio_start, lay.audio_len) == (1, 50, 52, T)
+    assert lay.prompt_len == 55 + T
+    # the text answer is scored from the ANSWER_T position on: [5, 6, EOT]; nothing in the prompt is a target
+    assert lay.targets[7, 54 + T : 57 + T].tolist() == [5, 6, TOK.eot]
+    assert (lay.targets[:, : 54 + T] == IGNORE).all() and (lay.targets[:7] == IGNORE).all()
+
+
+def test_caption_layout_has_no_audio_span():
+    lay = build_example(TOK, "caption", answer_ids=[9], n_image_tokens=4)
+    assert (lay.image_start, lay.image_len, lay.audio_len, lay.prompt_len) == (1, 4, 0, 9)
+    assert lay.inputs[0, :9].tolist() == [TOK.image, *[TOK.pad_a] * 4, TOK.end_image, TOK.input_a, TOK.eoa,
+                                         TOK.pad_a]
+    with pytest.raises(ValueError, match="needs audio frames"):
+        build_example(TOK, "image_a1t2", answer_ids=[9])
+
+
+def test_n_image_tokens():
+    assert n_image_tokens("clip", 224, 32) == 50
+    assert n_image_tokens("siglip", 256, 32) == 64
+    with pytest.raises(ValueError, match="clip"):
+        n_image_tokens("vit", 224, 32)
+
+
+def test_clip_tower_returns_projected_normed_tokens():
+    """Every token gets post_layernorm + visual_projection; token 0 equals HF's pooled `image_embeds`."""
+    torch.manual_seed(0)
+    tower = VisionTower("clip", TINY_CLIP).eval()
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = tower(pixels)
+        pooled = tower.model(pixel_values=pixels).image_embeds
+    assert feats.shape == (2, 50, 24) and tower.feature_dim == 24 and tower.n_tokens == 50
+    torch.testing.assert_close(feats[:, 0], pooled)
+
+
+def test_image_processor_and_bad_image(tmp_path):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), (255, 0, 0)).save(buf, format="PNG")
+    pixels = load_pixels(buf.getvalue(), image_processor("clip", image_size=224))
+    assert pixels.shape == (3, 224, 224)
+    assert pixels[0].mean() > 1.5 and pixels[1].mean() < -1.0  # red, CLIP-normalised
+    with pytest.raises(ValueError, match="cannot decode image"):
+        load_pixels(b"not an image", image_processor("clip"))
+
+
+@pytest.fixture(scope="module")
+def vision_model(tiny_model_cfg):
+    cfg = dataclasses.replace(tiny_model_cfg, vision=dict(TINY_CLIP), vision_adapter_hidden=40)
+    torch.manual_seed(0)
+    return MiniOmni(cfg).eval()
+
+
+def test_embed_injects_image_and_audio_at_spec_positions(vision_model):
+    m, tok = vision_model, vision_model.tokens
+    T = 3
+    lay = build_example(tok, "image_a1t2", answer_ids=[5], n_audio_frames=T)
+    ids = lay.inputs.unsqueeze(0)
+    image = torch.randn(1, 50, 64)
+    audio = torch.randn(1, T, 64)
+    one, i0 = torch.ones(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        got = m.embed(ids, audio, i0, one * lay.audio_start, one * T, image, i0, one * lay.image_start, one * 50)
+        plain = m.embed(ids)
+        text_emb = m.backbone.get_input_embeddings()(ids[:, 7])  # (1, L, D)
+    expect = plain.clone()
+    expect[0, 1:51] = (7 * image[0] + text_emb[0, 1:51]) / 8
+    expect[0, 52:52 + T] = (7 * audio[0] + text_emb[0, 52:52 + T]) / 8
+    torch.testing.assert_close(got, expect)
+
+
+def test_vision_model_trains_only_vision_adapter(vision_model, tiny_model_cfg):
+    from omni.stages.freeze import apply_trainable
+
+    cfg = dataclasses.replace(tiny_model_cfg, vision=dict(TINY_CLIP), vision_adapter_hidden=40)
+    torch.manual_seed(0)
+    m = MiniOmni(cfg)
+    tok = m.tokens
+    counts = apply_trainable(m, ["vision_adapter.*"])
+    assert counts["trainable"] == sum(p.numel() for p in m.vision_adapter.parameters())
+    lay = build_example(tok, "caption", answer_ids=[5, 6, 7])
+    batch = {
+        "input_ids": lay.inputs.unsqueeze(0), "targets": lay.targets.unsqueeze(0),
+        "attention_mask": torch.ones(1, lay.inputs.shape[1], dtype=torch.long),
+        "image_pixels": torch.randn(1, 3, 224, 224), "image_index": torch.zeros(1, dtype=torch.long),
+        "image_start": torch.ones(1, dtype=torch.long), "image_len": torch.full((1,), 50),
+    }
+    out = m(batch)
+    out["loss"].backward()
+    assert int(out["n_text_targets"]) == 4
+    assert m.vision_adapter.fc_1.weight.grad is not None and m.vision_adapter.fc_1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in m.named_parameters() if not n.startswith("vision_adapter."))
+
+
+def test_model_without_vision_rejects_images(tiny_model):
+    with pytest.raises(ValueError, match="no vision tower"):
+        tiny_model.encode_image(torch.randn(1, 3, 224, 224))
+
+
+# -- TTS adapter ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tts_model(tiny_model_cfg):
+    cfg = dataclasses.replace(tiny_model_cfg, tts_adapter={"n_layers": 2})
+    torch.manual_seed(0)
+    return MiniOmni(cfg).eval()
+
+
+def test_tts_adapter_shapes_and_config_errors(tts_model, tiny_model_cfg):
+    tok = tts_model.tokens
+    assert tts_model.tts_adapter.head.weight.shape == (7 * tok.audio_padded, 64)
+    assert len(tts_model.tts_adapter.blocks.layers) == 2
+    assert MiniOmniTokens().n_audio_layers * MiniOmniTokens().audio_padded == 29120  # full-size head
+    with pytest.raises(ValueError, match="tts_adapter"):
+        dataclasses.replace(tiny_model_cfg, tts_adapter={"layers": 6})
+
+
+def test_tts_adapter_gives_alignment_tts_a_trainable_path(tiny_model_cfg):
+    """With the LLM frozen, TTS (audio loss only) reaches the TTS adapter (DESIGN #6 without the adapter)."""
+    from omni.stages.freeze import apply_trainable
+
+    cfg = dataclasses.replace(tiny_model_cfg, tts_adapter={"n_layers": 1})
+    torch.manual_seed(0)
+    m = MiniOmni(cfg)
+    tok = m.tokens
+    apply_trainable(m, ["audio_adapter.*", "tts_adapter.*"])
+    codes = torch.randint(0, tok.codebook_size, (3, 7))
+    lay = build_example(tok, "tts", answer_ids=[5, 6], question_ids=[5, 6], answer_codes=codes)
+    batch = {"input_ids": lay.inputs.unsqueeze(0), "targets": lay.targets.unsqueeze(0),
+             "attention_mask": torch.ones(1, lay.inputs.shape[1], dtype=torch.long)}
+    out = m(batch)
+    assert out["loss"].requires_grad and int(out["n_audio_targets"]) == 7 * 4
+    out["loss"].backward()
+    assert m.tts_adapter.head.weight.grad.abs().sum() > 0
+    assert m.tts_adapter.blocks.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_tts_adapter_kv_cache_decoding_equals_full_forward(tts_model):
+    """Greedy T1A2 decoding with two KV caches (LLM + TTS adapter) picks the argmax of a full forward."""
+    from omni.mini_omni.generate import MiniOmniDecoder, SamplingConfig
+    from omni.mini_omni.layout import text_prompt
+
+    m, tok = tts_model, tts_model.tokens
+    prompt = text_prompt(tok, [5, 6, 7], "t1a2").unsqueeze(0)
+    cols = list(MiniOmniDecoder(m).iter_columns(prompt, True, SamplingConfig(top_k=1, max_new_tokens=10)))
+    seq = torch.cat([prompt, torch.stack(cols, dim=-1)[..., :-1]], dim=-1)  # (1, 8, P + K - 1)
+    with torch.no_grad():
+        h = m.hidden(m.embed(seq)).last_hidden_state[0, prompt.shape[-1] - 1 :]
+        ha = m.audio_hidden(h.unsqueeze(0))[0]
+    for k, col in enumerate(cols):
+        assert int(m.row_logits(h[k], 7).argmax()) == int(col[0, 7])
+        for i in range(7):
+            if k > i and int(col[0, i]) != tok.pad_a:
+                assert int(m.row_logits(ha[k], i).argmax()) == int(col[0, i])
