@@ -13,6 +13,10 @@ Batch legend (B batch items, L longest sequence in the batch, B_a items with aud
 | audio_index    | (B_a,) long               | batch item each mel window belongs to                                |
 | audio_start    | (B_a,) long               | first position receiving encoder features (1: after INPUT_A)         |
 | audio_len      | (B_a,) long               | T, encoder frames injected at [audio_start, audio_start + T)         |
+| image_pixels   | (B_i, 3, H, W) float32    | vision-tower pixels of the image items (Mini-Omni2), or None         |
+| image_index    | (B_i,) long               | batch item each image belongs to                                     |
+| image_start    | (B_i,) long               | first position receiving image features (1: after IMAGE)             |
+| image_len      | (B_i,) long               | N image tokens injected at [image_start, image_start + N)            |
 | prompt_len     | (B,) long                 | P, prompt positions before the answer                                |
 | tasks          | list[str] (B)             | task of each item                                                    |
 | ids            | list[str] (B)             | row id of each item                                                  |
@@ -28,15 +32,16 @@ from typing import Any
 
 import torch
 
-from omni.mini_omni.layout import build_example
+from omni.mini_omni.layout import IMAGE_TOKENS, build_example
 from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
 
 
 class MiniOmniCollator:
     """Callable collate_fn: list of example dicts / `Skipped` markers -> the batch dict of the module legend."""
 
-    def __init__(self, tokens: MiniOmniTokens | dict[str, Any]) -> None:
+    def __init__(self, tokens: MiniOmniTokens | dict[str, Any], n_image_tokens: int = IMAGE_TOKENS) -> None:
         self.tokens = MiniOmniTokens(**tokens) if isinstance(tokens, dict) else tokens
+        self.n_image_tokens = int(n_image_tokens)
 
     def __call__(self, items: list[Any]) -> dict[str, Any]:
         examples = [x for x in items if isinstance(x, dict)]
@@ -49,6 +54,7 @@ class MiniOmniCollator:
             audio_index=torch.tensor([i for i, _, _ in audio], dtype=torch.long),
             audio_start=torch.tensor([lay.audio_start for _, _, lay in audio], dtype=torch.long),
             audio_len=torch.tensor([lay.audio_len for _, _, lay in audio], dtype=torch.long),
+            **self.images(examples, layouts),
             prompt_len=torch.tensor([lay.prompt_len for lay in layouts], dtype=torch.long),
             tasks=[x["task"] for x in examples],
             ids=[x["id"] for x in examples],
@@ -66,7 +72,19 @@ class MiniOmniCollator:
             question_ids=example.get("question_ids"),
             n_audio_frames=int(example.get("n_audio_frames") or 0),
             answer_codes=example.get("answer_codes"),
+            n_image_tokens=self.n_image_tokens,
         )
+
+    @staticmethod
+    def images(examples: list[dict[str, Any]], layouts: list) -> dict[str, Any]:
+        """image_pixels / image_index / image_start / image_len of the items that carry an image."""
+        items = [(i, x, lay) for i, (x, lay) in enumerate(zip(examples, layouts)) if x.get("pixels") is not None]
+        return {
+            "image_pixels": torch.stack([x["pixels"] for _, x, _ in items]).float() if items else None,
+            "image_index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
+            "image_start": torch.tensor([lay.image_start for _, _, lay in items], dtype=torch.long),
+            "image_len": torch.tensor([lay.image_len for _, _, lay in items], dtype=torch.long),
+        }
 
     def pad(self, inputs: list[torch.Tensor], targets: list[torch.Tensor]) -> dict[str, Any]:
         """Right-pad (R, L_i) grids to (B, R, L): inputs with PAD_A / PAD_T per row, targets with IGNORE."""

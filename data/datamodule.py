@@ -81,6 +81,10 @@ class OmniDataModule(LightningDataModule):
         strict: bool = False,
         chars_per_token: float | None = None,
         pin_memory: bool = False,
+        vision_arch: str = "clip",
+        vision_path: str | None = None,
+        image_size: int = 224,
+        n_image_tokens: int = 50,
     ) -> None:
         super().__init__()
         if tokenizer_path is None:
@@ -101,7 +105,9 @@ class OmniDataModule(LightningDataModule):
         self.pin_memory = bool(pin_memory)
         if self.max_len > self.max_tokens:
             raise ValueError(f"max_len {self.max_len} > max_tokens {self.max_tokens}: a longest row would not fit")
-        self.collator = MiniOmniCollator(self.tokens)
+        self.vision = {"vision_arch": vision_arch, "vision_path": vision_path, "image_size": int(image_size)}
+        self.n_image_tokens = int(n_image_tokens)
+        self.collator = MiniOmniCollator(self.tokens, self.n_image_tokens)
         self.indexes: dict[str, ParquetIndex] = {}
         self.datasets: dict[str, OmniDataset] = {}
         self._tokenizer: Any = None
@@ -132,11 +138,12 @@ class OmniDataModule(LightningDataModule):
             self.chars_per_token = calibrate_chars_per_token(self.paths[split], self._tokenizer)
         index = ParquetIndex(self.paths[split], window_s=self.window_s, max_len=self.max_len,
                              chars_per_token=self.chars_per_token, max_audio_frames=self.max_source_positions,
-                             strict=self.strict)
+                             strict=self.strict, n_image_tokens=self.n_image_tokens)
         self.indexes[split] = index
         self.datasets[split] = OmniDataset(index, self._tokenizer, self.tokens, n_mels=self.n_mels,
                                            max_source_positions=self.max_source_positions,
-                                           cache_row_groups=self.cache_row_groups, strict=self.strict)
+                                           cache_row_groups=self.cache_row_groups, strict=self.strict,
+                                           **self.vision)
 
     def _dataset(self, split: str) -> OmniDataset:
         if split not in self.datasets:

@@ -24,15 +24,17 @@ import torch
 from torch.utils.data import Dataset
 
 from data.audio import AudioDecodeError, decode_audio
-from data.sampler import AUDIO_IN, TASK_ORDER, encoder_frames, estimate_length
+from data.sampler import AUDIO_IN, IMAGE_IN, TASK_ORDER, encoder_frames, estimate_length
 from data.schema import CODES_PER_FRAME, TASK_REQUIREMENTS, validate_table
 
 LIGHT_COLUMNS = ("id", "task", "duration_s", "n_frames", "question_text", "answer_text")
+MASK = np.uint16  # task bitmask dtype: bit i = TASK_ORDER[i]
 SAMPLE_RATE = 16000  # Whisper input rate
 HOP = 160  # Whisper mel hop (10 ms): 100 mel frames per second, 2 per encoder frame
 # the column that usually dominates a task's length (named in "too_long" skip records)
 LENGTH_COLUMN = {"asr": "question_audio", "a1t2": "question_audio", "a1a2": "answer_codes",
-                 "t1t2": "answer_text", "t1a2": "answer_codes", "tts": "answer_codes"}
+                 "t1t2": "answer_text", "t1a2": "answer_codes", "tts": "answer_codes",
+                 "image_a1t2": "question_audio", "image_a1a2": "answer_codes", "caption": "answer_text"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class ParquetIndex:
     """Light per-row metadata of every kept row across `paths`, as compact numpy arrays (n = kept rows).
 
     shard, group, row_in_group, row_in_file: (n,) int32 location; group_id: (n,) int32 global row-group id;
-    task_mask: (n,) uint8, bit i = row serves TASK_ORDER[i]; duration: (n,) float32 s; n_frames, q_chars, a_chars:
+    task_mask: (n,) uint16, bit i = row serves TASK_ORDER[i]; duration: (n,) float32 s; n_frames, q_chars, a_chars:
     (n,) int32; lengths: (n, n_tasks) int32 estimated sequence length (0 where the task is not served).
     Rows with no eligible task, audio longer than `window_s` (audio tasks dropped) or an estimate over `max_len`
     (that task dropped) are recorded in `skipped`.
@@ -88,8 +90,10 @@ class ParquetIndex:
         chars_per_token: float = 3.0,
         max_audio_frames: int | None = 1500,
         strict: bool = False,
+        n_image_tokens: int = 50,
     ) -> None:
         self.files = expand_paths(paths)
+        self.n_image_tokens = int(n_image_tokens)
         if not self.files:
             raise ValueError("ParquetIndex needs at least one parquet file")
         self.window_s, self.max_len, self.chars_per_token = float(window_s), int(max_len), float(chars_per_token)
@@ -137,6 +141,7 @@ class ParquetIndex:
             "n_frames": table["n_frames"].to_numpy(zero_copy_only=False).astype(np.int32),
             "q_chars": _char_lengths(table["question_text"]),
             "a_chars": _char_lengths(table["answer_text"]),
+            "has_image": _has_image(pf, n),
         }
         ids = table["id"].to_pylist()
         mask = self._eligibility(path, table["task"].to_pylist(), cols, ids)
@@ -148,17 +153,18 @@ class ParquetIndex:
         self.skipped.append(Skipped(path, int(row), str(row_id), column, reason, detail))
 
     def _eligibility(self, path: str, tasks: list, cols: dict, ids: list) -> np.ndarray:
-        """(n,) uint8 task bitmask from field presence and the row's `task`; records bad-task and empty rows."""
+        """(n,) uint16 task bitmask from field presence and the row's `task`; records bad-task and empty rows."""
         present = {
             "question_audio": cols["duration"] > 0,
             "question_text": cols["q_chars"] > 0,
             "answer_text": cols["a_chars"] > 0,
             "answer_codes": cols["n_frames"] > 0,
+            "image": cols["has_image"],
         }
-        mask, recorded = np.zeros(len(tasks), dtype=np.uint8), set()
+        mask, recorded = np.zeros(len(tasks), dtype=MASK), set()
         for b, task in enumerate(TASK_ORDER):
             ok = np.logical_and.reduce([present[f] for f in TASK_REQUIREMENTS[task]])
-            mask |= (ok.astype(np.uint8) << b).astype(np.uint8)
+            mask |= (ok.astype(MASK) << b).astype(MASK)
         for row, task in enumerate(tasks):
             if task is None:
                 continue
@@ -170,7 +176,7 @@ class ParquetIndex:
                 mask[row] = 0
                 recorded.add(row)
                 continue
-            mask[row] &= np.uint8(1 << TASK_ORDER.index(task))
+            mask[row] &= MASK(1 << TASK_ORDER.index(task))
             if not mask[row]:
                 self._skip(path, row, ids[row], "task", "empty", f"fields missing for its task {task!r}")
                 recorded.add(row)
@@ -183,23 +189,32 @@ class ParquetIndex:
         """Drop audio tasks of rows whose audio exceeds the encoder window and tasks whose estimated length exceeds
         max_len; returns the updated mask and (n, n_tasks) int32 lengths."""
         lengths = np.zeros((len(mask), len(TASK_ORDER)), dtype=np.int32)
-        audio_bits = np.uint8(sum(1 << TASK_ORDER.index(t) for t in AUDIO_IN))
+        audio_bits = MASK(sum(1 << TASK_ORDER.index(t) for t in AUDIO_IN))
         too_long_audio = (cols["duration"] > self.window_s) & ((mask & audio_bits) != 0)
         for row in np.flatnonzero(too_long_audio):
             self._skip(path, row, ids[row], "question_audio", "audio_too_long",
                        f"{cols['duration'][row]:.2f} s > encoder window {self.window_s:g} s")
-        mask = np.where(too_long_audio, mask & ~audio_bits, mask).astype(np.uint8)
+        mask = np.where(too_long_audio, mask & ~audio_bits, mask).astype(MASK)
         for b, task in enumerate(TASK_ORDER):
             on = (mask >> b & 1).astype(bool)
             est = estimate_length(task, cols["duration"], cols["n_frames"], cols["q_chars"], cols["a_chars"],
-                                  self.chars_per_token, self.max_audio_frames)
+                                  self.chars_per_token, self.max_audio_frames, self.n_image_tokens)
             over = on & (est > self.max_len)
             for row in np.flatnonzero(over):
                 self._skip(path, row, ids[row], LENGTH_COLUMN[task], "too_long",
                            f"task {task}: estimated length {int(est[row])} > max_len {self.max_len}")
-            mask = np.where(over, mask & np.uint8(~(1 << b) & 0xFF), mask).astype(np.uint8)
+            mask = np.where(over, mask & MASK(~(1 << b) & 0xFFFF), mask).astype(MASK)
             lengths[:, b] = np.where(on & ~over, est, 0)
         return mask, lengths
+
+
+def _has_image(pf: pq.ParquetFile, n: int) -> np.ndarray:
+    """(n,) bool: the optional `image` column holds non-empty bytes. This column is read at index time (images
+    are small next to audio); shards without the column have no images."""
+    if "image" not in pf.schema_arrow.names:
+        return np.zeros(n, dtype=bool)
+    col = pf.read(columns=["image"])["image"]
+    return pc.fill_null(pc.greater(pc.binary_length(col), 0), False).to_numpy(zero_copy_only=False)
 
 
 def calibrate_chars_per_token(paths: Any, tokenizer: Any, max_texts: int = 2000, margin: float = 0.9) -> float:
@@ -251,6 +266,9 @@ class OmniDataset(Dataset):
         max_source_positions: int = 1500,
         cache_row_groups: int = 4,
         strict: bool = False,
+        vision_arch: str = "clip",
+        vision_path: str | None = None,
+        image_size: int = 224,
     ) -> None:
         from transformers import AutoTokenizer, WhisperFeatureExtractor
 
@@ -272,6 +290,8 @@ class OmniDataset(Dataset):
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._files: dict[int, pq.ParquetFile] = {}
         self.group_reads = 0  # row groups read from disk by this process (cache misses)
+        self.vision = (vision_arch, vision_path, int(image_size))
+        self._image_processor: Any = None  # built on the first image (Pillow processor of the vision tower)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -323,6 +343,7 @@ class OmniDataset(Dataset):
             if rec.get(column) in (None, b"", ""):
                 raise _RowError(column, "missing", f"task {task} needs {column} but it is empty")
         mels, n_audio = self._audio(rec["question_audio"]) if task in AUDIO_IN else (None, 0)
+        pixels = self._image(rec["image"]) if task in IMAGE_IN else None
         question_ids = None
         if task in ("t1t2", "t1a2"):
             question_ids = self._tokenize(rec["question_text"], "question_text")
@@ -334,8 +355,19 @@ class OmniDataset(Dataset):
         return {
             "id": rec["id"], "task": task, "question_ids": question_ids, "mels": mels, "n_audio_frames": n_audio,
             "answer_ids": answer_ids, "answer_codes": codes, "answer_text": rec["answer_text"],
-            "question_text": rec["question_text"], "speaker": rec["speaker"],
+            "question_text": rec["question_text"], "speaker": rec["speaker"], "pixels": pixels,
         }
+
+    def _image(self, data: bytes) -> torch.Tensor:
+        """Encoded image bytes -> (3, H, W) float32 pixels for the vision tower."""
+        from omni.mini_omni.vision import image_processor, load_pixels
+
+        if self._image_processor is None:
+            self._image_processor = image_processor(*self.vision)
+        try:
+            return load_pixels(data, self._image_processor)
+        except ValueError as exc:
+            raise _RowError("image", "bad_image", str(exc)) from exc
 
     def _audio(self, data: bytes) -> tuple[torch.Tensor, int]:
         """Encoded bytes -> ((n_mels, F) float32 log-mel of the padded window, T valid encoder frames)."""

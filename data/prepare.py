@@ -5,7 +5,8 @@ Subcommands (`python -m data.prepare SUBCOMMAND ...`, or the `omni-data` script)
 manifest
     A JSONL or TSV manifest plus an audio folder -> shards. Manifest fields (all optional but `id` recommended):
     id, task, question_text, question_audio (path relative to --audio-root), answer_text,
-    answer_audio (path of the spoken answer; converted to SNAC codes at the codec rate), speaker, source.
+    answer_audio (path of the spoken answer; converted to SNAC codes at the codec rate), speaker, source,
+    image (path of an image file, stored as its encoded bytes; Mini-Omni2 image tasks).
     Question audio of any rate / channel count is stored as FLAC 16 kHz mono bytes. Bad rows (missing or
     undecodable audio, unknown task, a row no task can use, duplicate id) are skipped, counted, printed and
     listed in OUT/skipped.json; with --strict the first one stops the run with an error naming the manifest,
@@ -42,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.audio import AudioDecodeError, audio_duration, decode_audio, encode_flac
-from data.schema import CODES_PER_FRAME, SCHEMA, TASK_REQUIREMENTS, eligible_tasks, missing_fields
+from data.schema import CODES_PER_FRAME, OPTIONAL_SCHEMA, SCHEMA, TASK_REQUIREMENTS, eligible_tasks, missing_fields
 
 QUESTION_SR = 16000
 SNAC_CODEBOOK = 4096
@@ -68,6 +69,9 @@ class RowError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- shard writing
+
+
+WRITE_SCHEMA = pa.schema([*SCHEMA, *OPTIONAL_SCHEMA])  # shards always carry the optional columns
 
 
 class ShardWriter:
@@ -110,14 +114,14 @@ class ShardWriter:
         path = os.path.join(self.out_dir, f"shard-{len(self.paths):05d}.parquet")
         self.paths.append(path)
         self._rows_in_shard = 0
-        return pq.ParquetWriter(path, SCHEMA, compression=self.compression)
+        return pq.ParquetWriter(path, WRITE_SCHEMA, compression=self.compression)
 
     def _flush(self) -> None:
         if not self._buffer:
             return
         if self._writer is None:
             self._writer = self._open_shard()
-        table = pa.Table.from_pylist(self._buffer, schema=SCHEMA)
+        table = pa.Table.from_pylist(self._buffer, schema=WRITE_SCHEMA)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self._rows_in_shard += len(self._buffer)
         self._buffer = []
@@ -180,6 +184,7 @@ def make_row(
     answer_codes: list[int] | None = None,
     speaker: str | None = None,
     source: str | None = None,
+    image: bytes | None = None,
 ) -> dict:
     """A SCHEMA row dict; checks that some task can use it (RowError otherwise)."""
     if answer_codes is not None and len(answer_codes) % CODES_PER_FRAME:
@@ -189,6 +194,7 @@ def make_row(
         has_qtext=question_text is not None,
         has_atext=answer_text is not None,
         has_codes=answer_codes is not None,
+        has_image=image is not None,
     )
     if task is not None and task not in TASK_REQUIREMENTS:
         raise RowError("task", f"unknown task {task!r}; valid tasks: {sorted(TASK_REQUIREMENTS)}")
@@ -207,6 +213,7 @@ def make_row(
         n_frames=0 if answer_codes is None else len(answer_codes) // CODES_PER_FRAME,
         speaker=speaker,
         source=source,
+        image=image,
     )
 
 
@@ -285,6 +292,21 @@ def question_audio_flac(path: str, field_name: str = "question_audio") -> tuple[
     return encode_flac(wav, QUESTION_SR), wav.shape[0] / QUESTION_SR
 
 
+def image_bytes(path: str) -> bytes:
+    """An image file's bytes, checked to decode (Pillow) so a bad image fails here, naming the file."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    data = _read_file(path, "image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RowError("image", f"{path}: not a readable image ({exc})") from exc
+    return data
+
+
 class AnswerEncoder:
     """Answer speech file -> flat SNAC codes (N * 7 ints). Loads the codec on first use and caches codes per
     file path (many rows share one spoken answer)."""
@@ -334,6 +356,7 @@ def manifest_row(rec: dict, line_no: int, manifest: str, audio_root: str, encode
         answer_codes=codes,
         speaker=_text(rec.get("speaker")),
         source=_text(rec.get("source")),
+        image=image_bytes(_resolve(audio_root, _text(rec["image"]), "image")) if _text(rec.get("image")) else None,
     )
 
 

@@ -1,9 +1,9 @@
 """Token-budget batch sampler: decides which (row, task) pairs form each batch of an epoch.
 
 The sampler owns every choice about batch content (task mix, order, bucketing, rank sharding); the dataset only
-loads one (row, task) item and the collator only pads. It reads the index duck-typed: `task_mask` (n,) uint8
-bitmask over `TASK_ORDER`, `group_id` (n,) int global parquet row-group id, `lengths` (n, n_tasks) estimated
-sequence lengths (see `estimate_length`).
+loads one (row, task) item and the collator only pads. It reads the index duck-typed: `task_mask` (n,) uint16
+bitmask over `TASK_ORDER` (or over the index's own `task_order` tuple when it has one), `group_id` (n,) int global
+parquet row-group id, `lengths` (n, n_tasks) estimated sequence lengths (see `estimate_length`).
 
 One epoch, built identically on every rank from `seed + epoch`:
 1. Task mix ("weighted"): tasks with weight > 0 are used. N = number of rows eligible for at least one used task
@@ -32,8 +32,9 @@ import numpy as np
 from data.schema import TASK_REQUIREMENTS
 
 TASK_ORDER: tuple[str, ...] = tuple(TASK_REQUIREMENTS)  # bit i of a task mask = TASK_ORDER[i]
-AUDIO_IN = frozenset({"asr", "a1t2", "a1a2"})
-AUDIO_OUT = frozenset({"a1a2", "t1a2", "tts"})
+AUDIO_IN = frozenset({"asr", "a1t2", "a1a2", "image_a1t2", "image_a1a2"})
+AUDIO_OUT = frozenset({"a1a2", "t1a2", "tts", "image_a1a2"})
+IMAGE_IN = frozenset({"image_a1t2", "image_a1a2", "caption"})
 N_AUDIO_LAYERS = 7  # SNAC codes per frame; answer length N + N_AUDIO_LAYERS + 1 (layout.answer_grid)
 
 
@@ -53,10 +54,12 @@ def estimate_length(
     answer_chars: Any,
     chars_per_token: float,
     max_audio_frames: int | None = None,
+    n_image_tokens: int = 50,
 ) -> Any:
     """Estimated training length L (columns of layout.build_example inputs) for `task`; scalars or equal arrays.
 
-    prompt: audio T + 3 (T = encoder frames) or text n + 3; answer: m + 1 for text answers, max(m + 1, N + 8) for
+    prompt: audio T + 3 (T = encoder frames), text n + 3, or image n_image_tokens + 5 + T (T = 0 for caption);
+    answer: m + 1 for text answers, max(m + 1, N + 8) for
     audio answers (N SNAC frames); L = prompt + answer - 1 (inputs drop the last column). Text token counts are
     ceil(chars / chars_per_token). ASR answers with the transcript (question_text); TTS reads answer_text.
     """
@@ -68,7 +71,11 @@ def estimate_length(
     def toks(chars: Any) -> Any:
         return np.ceil(np.asarray(chars, dtype=np.float64) / chars_per_token).astype(np.int64)
 
-    if task in AUDIO_IN:
+    if task in IMAGE_IN:  # IMAGE, n_image slots, END_IMAGE, INPUT_A, T slots, EOA, task token
+        audio_t = encoder_frames(duration_s, max_audio_frames) if task in AUDIO_IN else np.zeros_like(
+            np.asarray(duration_s, dtype=np.int64))
+        prompt = audio_t + n_image_tokens + 5
+    elif task in AUDIO_IN:
         prompt = encoder_frames(duration_s, max_audio_frames) + 3
     else:
         prompt = toks(answer_chars if task == "tts" else question_chars) + 3
@@ -80,17 +87,17 @@ def estimate_length(
     return int(total) if np.ndim(total) == 0 else total
 
 
-def resolve_task_weights(tasks: Mapping[str, float] | None) -> dict[str, float]:
+def resolve_task_weights(tasks: Mapping[str, float] | None, valid: tuple[str, ...] = TASK_ORDER) -> dict[str, float]:
     """Validated {task: weight > 0}; weight-0 tasks dropped. Unknown names -> ValueError listing valid tasks."""
     tasks = dict(tasks or {})
-    unknown = sorted(set(tasks) - set(TASK_ORDER))
+    unknown = sorted(set(tasks) - set(valid))
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; valid tasks: {list(TASK_ORDER)}")
+        raise ValueError(f"unknown task(s) {unknown}; valid tasks: {list(valid)}")
     if any(float(w) < 0 for w in tasks.values()):
         raise ValueError(f"task weights must be >= 0, got {tasks}")
     out = {t: float(w) for t, w in tasks.items() if float(w) > 0}
     if not out:
-        raise ValueError(f"no task has a positive weight in {tasks}; valid tasks: {list(TASK_ORDER)}")
+        raise ValueError(f"no task has a positive weight in {tasks}; valid tasks: {list(valid)}")
     return out
 
 
@@ -137,7 +144,8 @@ class TokenBudgetBatchSampler:
             raise ValueError("max_tokens, window_rows and max_batch_size must be positive")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.index, self.weights = index, resolve_task_weights(tasks)
+        self.task_order: tuple[str, ...] = tuple(getattr(index, "task_order", TASK_ORDER))  # an index may name its tasks
+        self.index, self.weights = index, resolve_task_weights(tasks, self.task_order)
         self.max_tokens, self.max_batch_size, self.window_rows = int(max_tokens), max_batch_size, int(window_rows)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.shuffle, self.mix, self.epoch_size = shuffle, mix, epoch_size
@@ -181,7 +189,7 @@ class TokenBudgetBatchSampler:
         self._yielded = start
         for pairs in batches[start:]:
             self._yielded += 1
-            yield [(int(r), TASK_ORDER[int(t)]) for r, t in pairs]
+            yield [(int(r), self.task_order[int(t)]) for r, t in pairs]
 
     # -- planning --------------------------------------------------------------------------------------------------
     def rank_batches(self, epoch: int) -> list[np.ndarray]:
@@ -229,7 +237,7 @@ class TokenBudgetBatchSampler:
 
     def _task_rows(self) -> dict[str, np.ndarray]:
         mask = np.asarray(self.index.task_mask)
-        return {t: np.flatnonzero(mask & (1 << TASK_ORDER.index(t))) for t in self.weights}
+        return {t: np.flatnonzero(mask & (1 << self.task_order.index(t))) for t in self.weights}
 
     def _mix(self, rng: np.random.Generator) -> np.ndarray:
         """(n_pairs, 2) (row, task index) drawn by the weighted rule of the module docstring."""
@@ -246,11 +254,12 @@ class TokenBudgetBatchSampler:
                 continue
             reps, rem = divmod(count, len(eligible))
             picked = np.concatenate([np.tile(eligible, reps), rng.permutation(eligible)[:rem]])
-            parts.append(np.stack([picked, np.full_like(picked, TASK_ORDER.index(task))], axis=1))
+            parts.append(np.stack([picked, np.full_like(picked, self.task_order.index(task))], axis=1))
         return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
     def _all_pairs(self) -> np.ndarray:
-        parts = [np.stack([r, np.full_like(r, TASK_ORDER.index(t))], axis=1) for t, r in self._task_rows().items()]
+        parts = [np.stack([r, np.full_like(r, self.task_order.index(t))], axis=1)
+                 for t, r in self._task_rows().items()]
         return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
     def _order(self, pairs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

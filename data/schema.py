@@ -14,6 +14,7 @@ One row is one example: a question (audio and/or text) and an answer (text and/o
 | n_frames       | int32               | number of answer SNAC frames (0 when none)                               |
 | speaker        | string, nullable    | voice id of the question audio                                           |
 | source         | string, nullable    | provenance                                                               |
+| image          | binary, nullable    | OPTIONAL column (Mini-Omni2): encoded image bytes (png / jpeg / ...)     |
 
 `answer_codes` holds `n_frames * 7` ints: frame t is
 [L0[t], L1[2t], L2[4t], L2[4t+1], L1[2t+1], L2[4t+2], L2[4t+3]] (see omni/mini_omni/layout.py `snac_to_frames`).
@@ -40,6 +41,9 @@ SCHEMA: pa.Schema = pa.schema(
     ]
 )
 
+# Columns a shard may omit; when present they must have these types.
+OPTIONAL_SCHEMA: pa.Schema = pa.schema([pa.field("image", pa.binary())])
+
 CODES_PER_FRAME = 7
 
 TASK_REQUIREMENTS: dict[str, tuple[str, ...]] = {
@@ -49,10 +53,15 @@ TASK_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "t1t2": ("question_text", "answer_text"),
     "t1a2": ("question_text", "answer_text", "answer_codes"),
     "tts": ("answer_text", "answer_codes"),
+    # Mini-Omni2 image input (the image tasks need the optional `image` column)
+    "image_a1t2": ("image", "question_audio", "answer_text"),
+    "image_a1a2": ("image", "question_audio", "answer_text", "answer_codes"),
+    "caption": ("image", "answer_text"),
 }
 
 
-def eligible_tasks(task: str | None, has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool) -> list[str]:
+def eligible_tasks(task: str | None, has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool,
+                   has_image: bool = False) -> list[str]:
     """Tasks a row can serve: all tasks whose required fields are present, restricted to `task` when set.
 
     Returns them in `TASK_REQUIREMENTS` order; [] when none fits. Raises ValueError for an unknown `task`.
@@ -64,18 +73,21 @@ def eligible_tasks(task: str | None, has_audio: bool, has_qtext: bool, has_atext
         "question_text": has_qtext,
         "answer_text": has_atext,
         "answer_codes": has_codes,
+        "image": has_image,
     }
     candidates = [task] if task is not None else list(TASK_REQUIREMENTS)
     return [t for t in candidates if all(present[f] for f in TASK_REQUIREMENTS[t])]
 
 
-def missing_fields(task: str, has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool) -> list[str]:
+def missing_fields(task: str, has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool,
+                   has_image: bool = False) -> list[str]:
     """The fields `task` needs that the row lacks (for error messages)."""
     present = {
         "question_audio": has_audio,
         "question_text": has_qtext,
         "answer_text": has_atext,
         "answer_codes": has_codes,
+        "image": has_image,
     }
     return [f for f in TASK_REQUIREMENTS[task] if not present[f]]
 
@@ -83,11 +95,14 @@ def missing_fields(task: str, has_audio: bool, has_qtext: bool, has_atext: bool,
 def validate_table(table: pa.Table | pa.Schema, path: str) -> None:
     """Check that `table` (or a schema) has every SCHEMA column with the right arrow type.
 
-    Extra columns are allowed. Raises ValueError naming `path` and the missing or mistyped column.
+    Extra columns are allowed; OPTIONAL_SCHEMA columns may be absent. Raises ValueError naming `path` and the
+    missing or mistyped column.
     """
     schema = table if isinstance(table, pa.Schema) else table.schema
-    for field in SCHEMA:
+    for field in (*SCHEMA, *OPTIONAL_SCHEMA):
         idx = schema.get_field_index(field.name)
+        if idx < 0 and field.name in OPTIONAL_SCHEMA.names:
+            continue
         if idx < 0:
             raise ValueError(f"{path}: missing column {field.name!r} (expected {field.type})")
         got = schema.field(idx).type

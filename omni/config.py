@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -35,6 +36,13 @@ def wandb_offline() -> bool:
     return not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
+def image_tokens(arch: str, image_size: Any, patch_size: Any) -> int:
+    """Tokens a vision tower makes per image (data configs read it from the model config)."""
+    from omni.mini_omni.vision import n_image_tokens
+
+    return n_image_tokens(str(arch), int(image_size), int(patch_size))
+
+
 def register_resolvers() -> None:
     """Idempotent: safe to call from every entry point and test."""
     resolvers = {
@@ -43,6 +51,7 @@ def register_resolvers() -> None:
         "omni.cwd": lambda: os.getcwd(),
         "omni.precision": best_precision,
         "omni.wandb_offline": wandb_offline,
+        "omni.image_tokens": image_tokens,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -25,7 +25,7 @@ from omni.mini_omni.convert import (
     merge_qkv,
     split_qkv,
 )
-from omni.mini_omni.layout import audio_prompt, text_prompt
+from omni.mini_omni.layout import audio_prompt, image_prompt, text_prompt
 from omni.mini_omni.model import MiniOmni
 
 torch.set_num_threads(1)
@@ -112,15 +112,18 @@ def ref_swiglu(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
     return (gate * (x @ sd[p + "fc_2.weight"].T)) @ sd[p + "proj.weight"].T
 
 
-def ref_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, feats: torch.Tensor | None = None
-                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """ids (8, L) GLOBAL ids, rows 0..6 audio, 7 text; feats (T, E) encoder features injected at positions 1..T of
-    the 7 audio rows. Returns (xa: 7 x (L, 4160), xt: (L, 576)) like litgpt GPT.forward."""
+def ref_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, feats: torch.Tensor | None = None,
+                audio_at: int = 1, image: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """ids (8, L) GLOBAL ids, rows 0..6 audio, 7 text; feats (T, E) encoder features injected at positions
+    audio_at..audio_at+T-1 of the 7 audio rows (1 for audio prompts, 52 for Mini-Omni2 image QA); image (50, C) CLIP
+    features at 1..50 through vision_adapter. Returns (xa: 7 x (L, 4160), xt: (L, 576)) like litgpt GPT.forward."""
     sd = {k: v.double() for k, v in sd.items()}
     emb = sd["transformer.wte.weight"][ids]  # (8, L, D)
+    if image is not None:
+        emb[:7, 1: image.shape[0] + 1] = ref_swiglu(image.double(), sd, "vision_adapter.")
     if feats is not None:
         t = feats.shape[0]
-        emb[:7, 1: t + 1] = ref_swiglu(feats.double(), sd, "whisper_adapter.")
+        emb[:7, audio_at: audio_at + t] = ref_swiglu(feats.double(), sd, "whisper_adapter.")
     x = emb.sum(0) / 8  # (L, D)
     L, q_per_kv = x.shape[0], N_HEAD // N_GROUPS
     causal = torch.ones(L, L, dtype=torch.bool).tril()
@@ -321,18 +324,76 @@ def test_loading_never_runs_pickled_code(tmp_path, tiny_model_cfg):
     assert not marker.exists()
 
 
+VIS = 24  # vision_adapter_dim = tiny CLIP projection_dim
+TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=224,
+                 patch_size=32, projection_dim=VIS)
+
+
+def vision_litgpt_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A Mini-Omni2 checkpoint: the Mini-Omni weights + vision_adapter (SwiGLU VIS -> MLP -> N_EMBD)."""
+    sd = random_litgpt_state(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    sd.update({"vision_adapter.fc_1.weight": torch.randn(MLP, VIS, generator=g) / math.sqrt(VIS),
+               "vision_adapter.fc_2.weight": torch.randn(MLP, VIS, generator=g) / math.sqrt(VIS),
+               "vision_adapter.proj.weight": torch.randn(N_EMBD, MLP, generator=g) / math.sqrt(MLP)})
+    return sd
+
+
+def spec_ids_image_a1a2(t: int, n_image: int = 50) -> torch.Tensor:
+    """(8, 55+T) global ids of a Mini-Omni2 image-QA prompt from the spec: audio rows IMAGE, PAD_A x 50, END_IMAGE,
+    INPUT_A, PAD_A x T, EOA, ANSWER_A; text row PAD_T x (54+T), ANSWER_T."""
+    IMAGE, END_IMAGE = 4101, 4102
+    local = [IMAGE] + [PAD_A] * n_image + [END_IMAGE, INPUT_A] + [PAD_A] * t + [EOA, ANSWER_A]
+    rows = [[s + TEXT_PADDED + AUDIO_PADDED * i for s in local] for i in range(7)]
+    return torch.tensor(rows + [[PAD_T] * (n_image + 4 + t) + [ANSWER_T]])
+
+
+def test_mini_omni2_vision_logits_match_released_forward(tmp_path, tiny_model_cfg):
+    """A Mini-Omni2 (vision) checkpoint imports into a vision model; image-QA logits (CLIP features at 1..50,
+    Whisper features at 52..52+T-1) equal the reference; litgpt export round-trips exactly."""
+    sd = vision_litgpt_state()
+    folder = write_litgpt(tmp_path / "omni2", sd, {"vision_adapter_dim": VIS})
+    base = dataclasses.replace(tiny_model_cfg, vision=dict(TINY_CLIP))
+    cfg, state = import_litgpt(folder, base)
+    assert cfg.has_vision and cfg.vision_adapter_hidden == MLP and "vision_adapter.fc_1.weight" in state
+    torch.manual_seed(0)
+    model = MiniOmni(cfg).eval()
+    load_litgpt_into(model, folder)
+    T = 4
+    g = torch.Generator().manual_seed(3)
+    feats, image = torch.randn(T, ENC, generator=g), torch.randn(50, VIS, generator=g)
+    ra, rt = ref_forward(sd, spec_ids_image_a1a2(T), feats, audio_at=52, image=image)
+    ours = image_prompt(model.tokens, T, "image_a1a2")
+    assert torch.equal(model.tokens.to_global(ours), spec_ids_image_a1a2(T))
+    with torch.no_grad():
+        i0, one = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
+        x = model.embed(ours.unsqueeze(0), model.audio_adapter(feats[None]), i0, one * 52, one * T,
+                        model.vision_adapter(image[None]), i0, one, one * 50)
+        h = model.hidden(x).last_hidden_state[0]
+    torch.testing.assert_close(model.row_logits(h, 7).double(), rt, atol=1e-4, rtol=1e-4)
+    for i in range(7):
+        torch.testing.assert_close(model.row_logits(h, i).double(), ra[i], atol=1e-4, rtol=1e-4)
+    out = export_litgpt(model, tmp_path / "back")
+    back = torch.load(out / LIT_WEIGHTS, weights_only=True)
+    assert_state_equal(back, sd)
+    assert yaml.safe_load((out / LIT_CONFIG).read_text())["vision_adapter_dim"] == VIS
+
+
 def test_unknown_and_vision_keys(tmp_path, tiny_model_cfg):
     sd = random_litgpt_state()
     sd["transformer.h.0.attn.mystery.weight"] = torch.zeros(2)
     with pytest.raises(ValueError, match="mystery"):
         import_litgpt(write_litgpt(tmp_path / "unk", sd), tiny_model_cfg)
-    sd = random_litgpt_state()
-    sd.update({f"vision_adapter.{n}.weight": torch.zeros(2) for n in ("fc_1", "fc_2", "proj")})
-    folder = write_litgpt(tmp_path / "vis", sd)
-    with pytest.raises(ValueError, match="skip_vision"):
+    folder = write_litgpt(tmp_path / "vis", vision_litgpt_state(), {"vision_adapter_dim": VIS})
+    with pytest.raises(ValueError, match="vision_adapter_dim=24"):  # base tower is CLIP ViT-B/32 (512-d)
         import_litgpt(folder, tiny_model_cfg)
-    _, state = import_litgpt(folder, tiny_model_cfg, skip_vision=True)
-    assert not any("vision" in k for k in state)
+    cfg, state = import_litgpt(folder, tiny_model_cfg, skip_vision=True)
+    assert not any("vision" in k for k in state) and not cfg.has_vision
+    sd = vision_litgpt_state()
+    sd["vision_adapter.proj.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="wrong_shape.*vision_adapter.proj.weight"):
+        import_litgpt(write_litgpt(tmp_path / "vbad", sd, {"vision_adapter_dim": VIS}),
+                      dataclasses.replace(tiny_model_cfg, vision=dict(TINY_CLIP)))
     sd = random_litgpt_state()
     del sd["transformer.h.1.mlp.proj.weight"]
     with pytest.raises(ValueError, match=r"missing=\['transformer.h.1.mlp.proj.weight'\]"):

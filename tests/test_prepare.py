@@ -27,6 +27,7 @@ from data.prepare import (  # noqa: E402
     parse_answer_snac,
     prepare_manifest,
     RowError,
+    WRITE_SCHEMA,
 )
 from data.schema import SCHEMA, TASK_REQUIREMENTS, eligible_tasks, validate_table  # noqa: E402
 
@@ -59,7 +60,9 @@ def test_eligible_tasks():
     assert eligible_tasks(None, False, False, False, False) == []
     with pytest.raises(ValueError, match="valid tasks"):
         eligible_tasks("bogus", True, True, True, True)
-    assert set(TASK_REQUIREMENTS) == set(ALL_TASKS)
+    assert set(TASK_REQUIREMENTS) == set(ALL_TASKS) | {"image_a1t2", "image_a1a2", "caption"}
+    assert eligible_tasks(None, True, True, True, True, has_image=True) == list(TASK_REQUIREMENTS)
+    assert eligible_tasks(None, False, False, True, False, has_image=True) == ["caption"]
 
 
 def test_validate_table_names_file_and_column():
@@ -133,7 +136,7 @@ def test_manifest_round_trip(manifest_dir):
     assert rc == 0
     assert len(glob.glob(str(out / "shard-*.parquet"))) == 2
     table = _read_dir(out)
-    assert table.schema.equals(SCHEMA)
+    assert table.schema.equals(WRITE_SCHEMA)
     rows = {r["id"]: r for r in table.to_pylist()}
     assert sorted(rows) == ["asr_only", "full", "text_only"]
 

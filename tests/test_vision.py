@@ -198,3 +198,42 @@ def test_tts_adapter_kv_cache_decoding_equals_full_forward(tts_model):
         for i in range(7):
             if k > i and int(col[0, i]) != tok.pad_a:
                 assert int(m.row_logits(ha[k], i).argmax()) == int(col[0, i])
+
+
+def test_vision_alignment_stage_trains_on_bundled_image_sample(compose, tmp_path):
+    """`model=mini_omni2_tiny data=sample_vision stage=vision_alignment`: image batches reach the model through
+    the datamodule; only the vision adapter changes."""
+    from omni.train import build_module, train
+
+    cfg = compose("model=mini_omni2_tiny", "data=sample_vision", "stage=vision_alignment", "debug=fast",
+                  "logger=none", "callbacks=none", "test=false", "trainer.limit_val_batches=1")
+    dm = __import__("hydra").utils.instantiate(cfg.data)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image_pixels"].shape[1:] == (3, 224, 224)
+    assert set(batch["tasks"]) <= {"caption", "image_a1t2"} and len(batch["image_index"]) == len(batch["tasks"])
+    assert (batch["image_start"] == 1).all() and (batch["image_len"] == 50).all()
+    before = build_module(cfg, None).model.state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in before.items()}}, tmp_path / "init.ckpt")
+    cfg.init_from = str(tmp_path / "init.ckpt")
+    metrics = train(cfg)
+    ckpt = torch.load(metrics["last_checkpoint"], map_location="cpu", weights_only=True)
+    after = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"vision_adapter"}
+    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+
+
+def test_hf_export_round_trips_vision_and_tts_adapter(tmp_path, tiny_model_cfg):
+    from omni.mini_omni.convert import export_hf, export_litgpt, load_hf
+
+    cfg = dataclasses.replace(tiny_model_cfg, vision=dict(TINY_CLIP), vision_adapter_hidden=192,
+                              tts_adapter={"n_layers": 1})
+    torch.manual_seed(0)
+    model = MiniOmni(cfg).eval()
+    back = load_hf(export_hf(model, tmp_path / "hf"))
+    ours, theirs = model.state_dict(), back.state_dict()
+    assert sorted(ours) == sorted(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(ValueError, match="TTS adapter"):
+        export_litgpt(model, tmp_path / "lit")

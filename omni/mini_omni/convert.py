@@ -43,6 +43,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # Whisper-small encoder (the released audio encoder), used when an import has no base config to take it from.
 WHISPER_SMALL: dict[str, Any] = dict(d_model=768, encoder_layers=12, encoder_attention_heads=12,
                                      encoder_ffn_dim=3072, num_mel_bins=80, max_source_positions=1500)
+# CLIP ViT-B/32 vision tower (Mini-Omni2's), for a vision checkpoint imported without a base config.
+CLIP_VIT_B32: dict[str, Any] = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                    num_attention_heads=12, image_size=224, patch_size=32, projection_dim=512)
 
 # litgpt `Config` defaults for the keys that decide the architecture (litgpt/config.py of gpt-omni/mini-omni):
 # a model_config.yaml that omits one of them means this value, exactly as `Config.from_file` would read it.
@@ -90,6 +93,8 @@ class LitGPTConfig:
     qkv_bias: bool
     tie_word_embeddings: bool = False
     post_adapter: bool = False  # the yaml flag; the released loader forces it off (weights decide, see below)
+    vision_adapter_dim: int = 512  # Mini-Omni2: vision feature width C (CLIP ViT-B/32 after its projection)
+    has_vision: bool = False       # written by export when the model has a vision adapter
 
     @property
     def q_per_kv(self) -> int:
@@ -127,6 +132,7 @@ class LitGPTConfig:
             padded_vocab_size=int(padded), whisper_adapter_dim=int(c["whisper_adapter_dim"]),
             asr_adapter=str(c["asr_adapter"]), qkv_bias=bool(qkv_bias),
             tie_word_embeddings=bool(c["tie_word_embeddings"]), post_adapter=bool(c["post_adapter"]),
+            vision_adapter_dim=int(c["vision_adapter_dim"]), has_vision="vision_adapter_dim" in raw,
         )
 
     def to_dict(self, name: str = "mini-omni") -> dict[str, Any]:
@@ -145,6 +151,7 @@ class LitGPTConfig:
             cat_audio_vocab_size=self.padded_vocab_size - self.text_vocab_size,
             audio_vocab_size=self.audio_vocab_size, whisper_adapter_dim=self.whisper_adapter_dim,
             post_adapter=False, post_adapter_layers=6, asr_adapter=self.asr_adapter,
+            **({"vision_adapter_dim": self.vision_adapter_dim} if self.has_vision else {}),
         )
 
 
@@ -180,9 +187,18 @@ def _whisper_width(cfg: MiniOmniConfig) -> int:
     return int(WhisperConfig(**cfg.whisper).d_model)
 
 
+def _vision_width(cfg: MiniOmniConfig) -> int:
+    """Feature width C the config's vision tower gives the adapter (CLIP: projection_dim, SigLIP: hidden_size)."""
+    from omni.mini_omni.vision import VisionTower
+
+    with torch.device("meta"):
+        return VisionTower(cfg.vision_arch, cfg.vision, cfg.vision_path).feature_dim
+
+
 def omni_config_from_litgpt(lc: LitGPTConfig, base: MiniOmniConfig | None = None,
-                            tokenizer_path: str | None = None) -> MiniOmniConfig:
-    """MiniOmniConfig for a litgpt config; whisper / loss settings come from `base` (whisper-small without)."""
+                            tokenizer_path: str | None = None, vision: bool = False) -> MiniOmniConfig:
+    """MiniOmniConfig for a litgpt config; whisper / vision-tower / loss settings come from `base` (whisper-small
+    and CLIP ViT-B/32 without). `vision`: the checkpoint holds a Mini-Omni2 vision adapter."""
     backbone: dict[str, Any] = dict(
         hidden_size=lc.n_embd, intermediate_size=lc.intermediate_size, num_hidden_layers=lc.n_layer,
         num_attention_heads=lc.n_head, num_key_value_heads=lc.n_query_groups,
@@ -204,6 +220,16 @@ def omni_config_from_litgpt(lc: LitGPTConfig, base: MiniOmniConfig | None = None
         text_loss_weight=base.text_loss_weight if base is not None else 1.0,
         audio_loss_weight=base.audio_loss_weight if base is not None else 1.0,
     )
+    if vision:
+        has_base = base is not None and base.has_vision
+        cfg.vision = dict(base.vision) if has_base and base.vision is not None else \
+            (None if has_base else dict(CLIP_VIT_B32))
+        cfg.vision_path = base.vision_path if has_base else None
+        cfg.vision_arch = base.vision_arch if has_base else "clip"
+        cfg.vision_adapter_hidden = lc.intermediate_size
+        if _vision_width(cfg) != lc.vision_adapter_dim:
+            raise ValueError(f"vision_adapter_dim={lc.vision_adapter_dim} but the base config's vision tower gives "
+                             f"{_vision_width(cfg)}-d features; pass a base config whose vision settings match")
     width = _whisper_width(cfg)
     if width != lc.whisper_adapter_dim:
         raise ValueError(f"whisper_adapter_dim={lc.whisper_adapter_dim} but the base config's Whisper encoder has "
@@ -224,6 +250,12 @@ def litgpt_config_from_model(model: MiniOmni) -> LitGPTConfig:
     if cfg.adapter == "swiglu" and cfg.adapter_hidden != bc.intermediate_size:
         raise ValueError(f"litgpt's whisper adapter width is the backbone intermediate_size ({bc.intermediate_size})"
                          f"; this model has adapter_hidden={cfg.adapter_hidden}")
+    if cfg.has_vision and cfg.vision_adapter_hidden != bc.intermediate_size:
+        raise ValueError(f"litgpt's vision adapter width is the backbone intermediate_size ({bc.intermediate_size})"
+                         f"; this model has vision_adapter_hidden={cfg.vision_adapter_hidden}")
+    if model.tts_adapter is not None:
+        raise ValueError("the litgpt Mini-Omni format has no place for our TTS adapter (tts_adapter.*); "
+                         "export with export_hf / ckpt-to-hf instead")
     return LitGPTConfig(
         n_layer=int(bc.num_hidden_layers), n_head=int(bc.num_attention_heads),
         n_query_groups=int(bc.num_key_value_heads), n_embd=hidden,
@@ -234,6 +266,8 @@ def litgpt_config_from_model(model: MiniOmni) -> LitGPTConfig:
         audio_vocab_size=tok.audio_padded, padded_vocab_size=tok.total_vocab,
         whisper_adapter_dim=int(model.audio_encoder.config.d_model),
         asr_adapter="llamamlp" if cfg.adapter == "swiglu" else "mlp", qkv_bias=True,
+        **({"vision_adapter_dim": int(model.vision_encoder.feature_dim), "has_vision": True}
+           if cfg.has_vision else {}),
     )
 
 
@@ -291,8 +325,9 @@ _TTS_PREFIXES = ("transformer.post_adapter.", "transformer.post_adapter_audio_ln
                  "transformer.post_adapter_audio_lm_head.")
 
 
-def litgpt_shapes(lc: LitGPTConfig) -> dict[str, tuple[int, ...]]:
-    """Every key (and shape) a litgpt Mini-Omni state dict of config `lc` holds (vision / TTS adapter excluded)."""
+def litgpt_shapes(lc: LitGPTConfig, vision: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every key (and shape) a litgpt Mini-Omni state dict of config `lc` holds (the Mini-Omni2 vision adapter
+    when `vision`; the TTS post-adapter excluded)."""
     D, I, S = lc.n_embd, lc.intermediate_size, lc.head_size
     qkv_rows = (lc.n_head + 2 * lc.n_query_groups) * S
     shapes: dict[str, tuple[int, ...]] = {
@@ -315,14 +350,17 @@ def litgpt_shapes(lc: LitGPTConfig) -> dict[str, tuple[int, ...]]:
                        "whisper_adapter.proj.weight": (D, I)})
     else:  # nn.Linear(E, D) with litgpt's default bias
         shapes.update({"whisper_adapter.weight": (D, E), "whisper_adapter.bias": (D,)})
+    if vision:  # LLaMAMLP(vision_adapter_dim -> intermediate_size -> n_embd), as the whisper adapter
+        C = lc.vision_adapter_dim
+        shapes.update({"vision_adapter.fc_1.weight": (I, C), "vision_adapter.fc_2.weight": (I, C),
+                       "vision_adapter.proj.weight": (D, I)})
     return shapes
 
 
 def check_litgpt_keys(state: dict[str, torch.Tensor], lc: LitGPTConfig, skip_vision: bool = False
                       ) -> dict[str, torch.Tensor]:
-    """Validate keys / shapes against `lc`; returns the state without skipped vision keys. Raises listing all
-    missing, unexpected or mis-shaped keys."""
-    shapes = litgpt_shapes(lc)
+    """Validate keys / shapes against `lc`; returns the state (vision keys dropped under `skip_vision`). Raises
+    listing all missing, unexpected or mis-shaped keys."""
     tts = sorted(k for k in state if k.startswith(_TTS_PREFIXES))
     if tts:
         raise ValueError(f"checkpoint holds the TTS post-adapter ({len(tts)} tensors, e.g. {tts[:3]}); "
@@ -330,13 +368,11 @@ def check_litgpt_keys(state: dict[str, torch.Tensor], lc: LitGPTConfig, skip_vis
     if lc.post_adapter:
         log.info("model_config.yaml says post_adapter: true but the weights have none; ignored as the released "
                  "loader does (it forces config.post_adapter = False)")
-    vision = sorted(k for k in state if k.startswith("vision_adapter."))
-    if vision and not skip_vision:
-        raise ValueError(f"vision_adapter.* (Mini-Omni2 image input) is not supported yet: {vision}; "
-                         "pass skip_vision=True (CLI: --skip-vision) to drop it")
-    if vision:
-        log.warning("skipping %d vision_adapter.* tensors (Mini-Omni2 vision is not supported yet)", len(vision))
-    state = {k: v for k, v in state.items() if not k.startswith("vision_adapter.")}
+    vision = any(k.startswith("vision_adapter.") for k in state)
+    if vision and skip_vision:
+        log.warning("skip_vision: dropping the vision_adapter.* tensors (the model gets no image input)")
+        state = {k: v for k, v in state.items() if not k.startswith("vision_adapter.")}
+    shapes = litgpt_shapes(lc, vision=vision and not skip_vision)
     unexpected = sorted(set(state) - set(shapes))
     missing = sorted(set(shapes) - set(state))
     bad_shape = {k: (tuple(state[k].shape), shapes[k]) for k in set(state) & set(shapes)
@@ -370,6 +406,7 @@ def litgpt_to_omni(state: dict[str, torch.Tensor], lc: LitGPTConfig, skip_vision
         if bool(bias.ne(0).any()):
             raise ValueError("asr_adapter=mlp with a non-zero whisper_adapter.bias: our linear adapter has no bias")
         out["audio_adapter.proj.weight"] = state["whisper_adapter.weight"]
+    out.update({k: v for k, v in state.items() if k.startswith("vision_adapter.")})  # same names on both sides
     return out
 
 
@@ -391,6 +428,7 @@ def omni_to_litgpt(state: dict[str, torch.Tensor], lc: LitGPTConfig) -> dict[str
         w = state["audio_adapter.proj.weight"]
         out["whisper_adapter.weight"] = w
         out["whisper_adapter.bias"] = w.new_zeros(w.shape[0])  # released nn.Linear has a bias; strict loads need it
+    out.update({k: v for k, v in state.items() if k.startswith("vision_adapter.")})
     return {k: v.detach().cpu().clone().contiguous() for k, v in out.items()}
 
 
@@ -462,8 +500,10 @@ def import_litgpt(folder: str | Path, base: MiniOmniConfig | None = None, *, ski
     """
     folder = Path(folder)
     lc = read_litgpt_config(folder)
-    cfg = omni_config_from_litgpt(lc, base, tokenizer_path=_tokenizer_dir(folder))
-    return cfg, litgpt_to_omni(read_litgpt_weights(folder), lc, skip_vision)
+    state = read_litgpt_weights(folder)
+    vision = not skip_vision and any(k.startswith("vision_adapter.") for k in state)
+    cfg = omni_config_from_litgpt(lc, base, tokenizer_path=_tokenizer_dir(folder), vision=vision)
+    return cfg, litgpt_to_omni(state, lc, skip_vision)
 
 
 def load_omni_state(model: MiniOmni, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -473,7 +513,7 @@ def load_omni_state(model: MiniOmni, state: dict[str, torch.Tensor], source: str
     wrong = {k: (tuple(v.shape), tuple(ours[k].shape)) for k, v in state.items()
              if k in ours and tuple(v.shape) != tuple(ours[k].shape)}
     unexpected = sorted(set(state) - set(ours))
-    missing = sorted(k for k in set(ours) - set(state) if not k.startswith("audio_encoder."))
+    missing = sorted(k for k in set(ours) - set(state) if not k.startswith(("audio_encoder.", "vision_encoder.")))
     if wrong or missing or unexpected:
         raise ValueError(f"{source} does not fit the model: wrong_shape(checkpoint, model)={wrong} "
                          f"missing={missing} unexpected={unexpected}")
@@ -518,7 +558,8 @@ def token_table(tok: MiniOmniTokens) -> dict[str, Any]:
 
 def export_hf(model: MiniOmni, folder: str | Path, *, include_encoder: bool | None = None) -> Path:
     """Write `backbone/` (save_pretrained, safetensors; tokenizer files too when known), omni_extra.safetensors
-    (audio_adapter.*, plus audio_encoder.* when `include_encoder`; default: when the model has no whisper_path)
+    (audio_adapter.*, vision_adapter.*, tts_adapter.*, plus audio_encoder.* when `include_encoder` - default: when
+    the model has no whisper_path - and vision_encoder.* when the model has no vision_path)
     and omni_config.json. Paths inside the folder are stored relative to it."""
     from safetensors.torch import save_file
 
@@ -529,7 +570,9 @@ def export_hf(model: MiniOmni, folder: str | Path, *, include_encoder: bool | No
     has_tok = _copy_tokenizer(cfg.tokenizer_path, folder / HF_BACKBONE)
     if include_encoder is None:
         include_encoder = cfg.whisper_path is None
-    prefixes = ("audio_adapter.", "audio_encoder.") if include_encoder else ("audio_adapter.",)
+    prefixes = ("audio_adapter.", "vision_adapter.", "tts_adapter.") + (("audio_encoder.",) if include_encoder else ())
+    if cfg.has_vision and cfg.vision_path is None:
+        prefixes += ("vision_encoder.",)  # random / trained tower with no folder to come back from
     extra = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
     save_file(extra, str(folder / HF_EXTRA), metadata={"format": "pt"})
     raw = dataclasses.asdict(cfg)
@@ -568,7 +611,7 @@ def load_hf(folder: str | Path, *, whisper_path: str | None = None) -> MiniOmni:
         log.warning("%s holds no audio encoder and no whisper_path is known: the encoder is random", folder)
     model = MiniOmni(cfg)
     missing, unexpected = model.load_state_dict(extra, strict=False)
-    missing = [k for k in missing if not k.startswith(("backbone.", "audio_encoder."))]
+    missing = [k for k in missing if not k.startswith(("backbone.", "audio_encoder.", "vision_encoder."))]
     if missing or unexpected:
         raise ValueError(f"{folder / HF_EXTRA} does not fit: missing={missing} unexpected={unexpected}")
     return model
