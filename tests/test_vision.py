@@ -237,3 +237,41 @@ def test_hf_export_round_trips_vision_and_tts_adapter(tmp_path, tiny_model_cfg):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     with pytest.raises(ValueError, match="TTS adapter"):
         export_litgpt(model, tmp_path / "lit")
+
+
+def test_alignment_stage_trains_tts_adapter_when_configured(compose, caplog):
+    import logging
+
+    from omni.train import build_module
+
+    with caplog.at_level(logging.WARNING):
+        module = build_module(compose("stage=alignment", "model.cfg.tts_adapter={n_layers: 1}"), init_from=None)
+        plain = build_module(compose("stage=alignment"), init_from=None)
+    trainable = {n.split(".")[0] for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable == {"audio_adapter", "tts_adapter"}
+    assert {n.split(".")[0] for n, p in plain.model.named_parameters() if p.requires_grad} == {"audio_adapter"}
+    assert "matches no parameter" not in caplog.text  # optional patterns stay quiet when the part is absent
+
+
+def test_image_generation_prompt_matches_training_layout(vision_model):
+    """Greedy image_a1t2 decoding through the inference helper = argmax of a teacher-forced full forward over
+    the training layout (same injection spans) extended by the generated tokens."""
+    from omni.mini_omni.generate import SamplingConfig
+    from omni.mini_omni.infer import MiniOmniInference
+
+    m, tok = vision_model, vision_model.tokens
+    T = 5
+    example = {"pixels": torch.randn(3, 224, 224), "mels": torch.randn(80, 100), "n_audio_frames": T}
+    infer = MiniOmniInference(m, tokenizer=None)
+    cols = list(infer.iter_columns(example, "image_a1t2", SamplingConfig(top_k=1, max_new_tokens=6)))
+    text = [int(c[0, 7]) for c in cols]
+    lay = build_example(tok, "image_a1t2", answer_ids=[t for t in text if t != tok.eot] or [5],
+                        n_audio_frames=T)
+    P = lay.prompt_len
+    ids = torch.cat([lay.inputs[:, :P], torch.stack(cols, dim=-1)[0, :, :-1]], dim=-1).unsqueeze(0)
+    i0, one = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
+    with torch.no_grad():
+        x = m.embed(ids, m.encode_audio(example["mels"][None]), i0, one * lay.audio_start, one * T,
+                    m.encode_image(example["pixels"][None]), i0, one * lay.image_start, one * lay.image_len)
+        h = m.hidden(x).last_hidden_state[0, P - 1:]
+    assert m.row_logits(h, 7).argmax(-1).tolist()[: len(text)] == text

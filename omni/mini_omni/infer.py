@@ -12,7 +12,7 @@ import torch
 from omni.mini_omni.generate import (
     MiniOmniDecoder, SamplingConfig, collect, frames_until_eoa, iter_batch_parallel,
 )
-from omni.mini_omni.layout import audio_prompt, task_spec, text_prompt
+from omni.mini_omni.layout import IMAGE_TOKENS, audio_prompt, image_prompt, image_spans, task_spec, text_prompt
 from omni.mini_omni.model import MiniOmni
 from omni.mini_omni.stream import StreamEvent, stream_events
 from omni.mini_omni.tokens import MiniOmniTokens
@@ -53,11 +53,27 @@ class MiniOmniInference:
     def iter_columns(self, example: dict, task: str, sampling: SamplingConfig,
                      batch_parallel: bool = True) -> Iterator[torch.Tensor]:
         """Decoded (1, 8) step columns of one example's answer. A1A2 uses the spec's batch-parallel decoding."""
+        if task_spec(task).image_in:
+            return self._iter_image_columns(example, task, sampling)
         prompt, mels, T = self.prompt(example, task)
         if task == "a1a2" and batch_parallel:
             a1t2, _, _ = self.prompt(example, "a1t2")
             return iter_batch_parallel(self.model, prompt, a1t2, mels, T, sampling)
         return MiniOmniDecoder(self.model).iter_columns(prompt, task_spec(task).audio_out, sampling, mels, 1, T)
+
+    def _iter_image_columns(self, example: dict, task: str, sampling: SamplingConfig) -> Iterator[torch.Tensor]:
+        """Mini-Omni2 image prompt (spec "image QA"): vision features at 1..N, encoder frames from N + 2."""
+        spec = task_spec(task)
+        n_image = self.model.vision_encoder.n_tokens if self.model.cfg.has_vision else IMAGE_TOKENS
+        T = int(example["n_audio_frames"]) if spec.audio_in else 0
+        weight = self.model.head_weight
+        mels = example["mels"].unsqueeze(0).to(device=weight.device, dtype=weight.dtype) if spec.audio_in else None
+        prompt = image_prompt(self.tok, T, task, n_image).unsqueeze(0).to(weight.device)
+        image_start, audio_start = image_spans(n_image)
+        pixels = example["pixels"].unsqueeze(0).to(device=weight.device, dtype=weight.dtype)
+        return MiniOmniDecoder(self.model).iter_columns(prompt, spec.audio_out, sampling, mels, audio_start, T,
+                                                        image_pixels=pixels, image_start=image_start,
+                                                        image_len=n_image)
 
     @torch.no_grad()
     def answer(self, example: dict, task: str, sampling: SamplingConfig, batch_parallel: bool = True) -> Answer:

@@ -9,12 +9,15 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def apply_trainable(model: nn.Module, patterns: list[str]) -> dict[str, int]:
-    """Set requires_grad=True exactly on parameters whose name matches one of `patterns` (fnmatch globs).
+def apply_trainable(model: nn.Module, patterns: list[str], optional: list[str] = ()) -> dict[str, int]:
+    """Set requires_grad=True exactly on parameters whose name matches one of `patterns` or `optional` (fnmatch
+    globs). `optional` patterns name parts a model may lack (e.g. the TTS adapter): no warning when absent.
 
     Frozen submodules with no trainable parameter are put in eval mode (dropout off). Warns for a pattern that
     matches nothing (a typo would otherwise silently freeze the whole model). Returns parameter counts.
     """
+    required = list(patterns)
+    patterns = [*required, *optional]
     matched = {p: 0 for p in patterns}
     trainable = total = 0
     for name, param in model.named_parameters():
@@ -24,8 +27,8 @@ def apply_trainable(model: nn.Module, patterns: list[str]) -> dict[str, int]:
         param.requires_grad_(bool(hit))
         total += param.numel()
         trainable += param.numel() if hit else 0
-    for p, n in matched.items():
-        if n == 0:
+    for p in required:
+        if matched[p] == 0:
             log.warning("trainable pattern %r matches no parameter of %s", p, type(model).__name__)
     log.info("trainable parameters: %s / %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100.0 * trainable / max(total, 1))

@@ -27,12 +27,14 @@ class StageConfig:
     name: str
     trainable: list[str]
     tasks: dict[str, float]
+    optional_trainable: list[str] = field(default_factory=list)  # trained when the model has them (no warning)
     val_tasks: dict[str, float] = field(default_factory=dict)
     lr: float = 1e-3
     description: str = ""
 
     def __post_init__(self) -> None:
         self.trainable = list(self.trainable)
+        self.optional_trainable = list(self.optional_trainable)
         self.tasks = dict(self.tasks)
         self.val_tasks = dict(self.val_tasks) or dict(self.tasks)
         if not self.trainable:
@@ -58,7 +60,7 @@ class OmniModule(LightningModule):
         self._inference = None
         if init_from:
             load_model_weights(self.model, init_from)
-        self.param_counts = apply_trainable(self.model, self.stage.trainable)
+        self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable)
 
     # -- steps -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
