@@ -1,4 +1,5 @@
-"""Generates text for a fixed set of validation rows and logs `val/cer`, `val/wer` (and per task)."""
+"""Generates text for a fixed set of validation rows and logs `val/cer`, `val/wer` (and per task and per
+reference-length bucket: `val/cer_asr_short`, ...); optionally the same on the test split after fit."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +7,7 @@ import logging
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from callbacks.metrics import error_rates
+from callbacks.metrics import bucketed_error_rates, error_rates
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +17,12 @@ REFERENCE_FIELD = {"asr": "question_text", "a1t2": "answer_text", "a1a2": "answe
 
 class TextMetricsCallback(Callback):
     """Every `every_n_epochs` validation epochs: greedy-decode the first `max_examples` validation rows of each
-    task in `tasks` and score the text against the reference (ASR: the transcript; QA: the answer)."""
+    task in `tasks` and score the text against the reference (ASR: the transcript; QA: the answer).
+    Buckets (short <= 15 words, mid 16-30, long 31-60, over_60) are logged for those that hold rows.
+    `test_examples` > 0: after `trainer.test`, the first `test_examples` test rows per task give `test/cer...`."""
 
     def __init__(self, tasks: list[str], max_examples: int = 16, every_n_epochs: int = 1,
-                 max_new_tokens: int = 64) -> None:
+                 max_new_tokens: int = 64, test_examples: int = 0) -> None:
         unknown = sorted(set(tasks) - set(REFERENCE_FIELD))
         if unknown:
             raise ValueError(f"text_metrics.tasks has {unknown}; valid: {sorted(REFERENCE_FIELD)}")
@@ -27,21 +30,30 @@ class TextMetricsCallback(Callback):
         self.max_examples = max_examples
         self.every_n_epochs = every_n_epochs
         self.max_new_tokens = max_new_tokens
+        self.test_examples = test_examples
         self.last: dict[str, list[dict]] = {}
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        scores = self.score(trainer, pl_module)
+        self._log(trainer, pl_module, "val", self.max_examples)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.test_examples > 0:
+            self._log(trainer, pl_module, "test", self.test_examples)
+
+    def _log(self, trainer: Trainer, pl_module: LightningModule, split: str, n: int) -> None:
+        scores = self.score(trainer, pl_module, split, n)
         for name, value in scores.items():
-            pl_module.log(f"val/{name}", value, rank_zero_only=True, sync_dist=False)
+            pl_module.log(f"{split}/{name}", value, rank_zero_only=True, sync_dist=False)
         if trainer.is_global_zero and scores:
             shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items()))
-            log.info("epoch %d text metrics: %s", trainer.current_epoch, shown)
-            print(f"[val] epoch {trainer.current_epoch}: {shown}")
+            log.info("epoch %d %s text metrics: %s", trainer.current_epoch, split, shown)
+            print(f"[{split}] epoch {trainer.current_epoch}: {shown}")
 
     @torch.no_grad()
-    def score(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+    def score(self, trainer: Trainer, pl_module: LightningModule, split: str = "val",
+              n: int | None = None) -> dict[str, float]:
         from omni.mini_omni.generate import SamplingConfig
 
         infer = pl_module.inference()
@@ -51,18 +63,25 @@ class TextMetricsCallback(Callback):
         refs_all, hyps_all, scores = [], [], {}
         try:
             for task in self.tasks:
-                examples = trainer.datamodule.examples("val", task, self.max_examples)
+                examples = trainer.datamodule.examples(split, task, self.max_examples if n is None else n)
                 refs = [ex[REFERENCE_FIELD[task]] or "" for ex in examples]
                 hyps = [infer.answer(ex, task, sampling).text for ex in examples]
                 self.last[task] = [{"id": ex["id"], "ref": r, "hyp": h} for ex, r, h in zip(examples, refs, hyps)]
                 if examples:
-                    rates = error_rates(refs, hyps)
-                    scores[f"cer_{task}"], scores[f"wer_{task}"] = rates["cer"], rates["wer"]
+                    scores.update(rate_scores(refs, hyps, f"_{task}"))
                     refs_all += refs
                     hyps_all += hyps
         finally:
             pl_module.train(was_training)
         if refs_all:
-            rates = error_rates(refs_all, hyps_all)
-            scores["cer"], scores["wer"] = rates["cer"], rates["wer"]
+            scores.update(rate_scores(refs_all, hyps_all, ""))
         return scores
+
+
+def rate_scores(refs: list[str], hyps: list[str], suffix: str) -> dict[str, float]:
+    """{cer<suffix>, wer<suffix>, cer<suffix>_<bucket>, wer<suffix>_<bucket>} for the buckets that hold rows."""
+    rates = error_rates(refs, hyps)
+    out = {f"cer{suffix}": rates["cer"], f"wer{suffix}": rates["wer"]}
+    for bucket, r in bucketed_error_rates(refs, hyps).items():
+        out[f"cer{suffix}_{bucket}"], out[f"wer{suffix}_{bucket}"] = r["cer"], r["wer"]
+    return out

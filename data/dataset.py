@@ -71,7 +71,32 @@ def expand_paths(paths: str | os.PathLike | list | tuple | None) -> list[str]:
     return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
-class ParquetIndex:
+class RowIndex:
+    """What the batch sampler and datasets ask of an index (lhotse-style: the sampler decides, the dataset loads).
+    Subclasses fill `task_mask` (n,) bitmask over `task_order`, and shard / group / row_in_group / row_in_file
+    (n,) locations of the kept rows in `files`; `family` names the task vocabulary in errors."""
+
+    task_order: tuple[str, ...] = TASK_ORDER
+    family = "Mini-Omni"
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.task_mask)
+
+    def tasks_of(self, i: int) -> list[str]:
+        return [t for b, t in enumerate(self.task_order) if int(self.task_mask[i]) >> b & 1]
+
+    def rows_for(self, task: str) -> np.ndarray:
+        if task not in self.task_order:
+            raise ValueError(f"unknown {self.family} task {task!r}; valid: {list(self.task_order)}")
+        return np.flatnonzero(self.task_mask & (1 << self.task_order.index(task)))
+
+    def location(self, i: int) -> tuple[str, int, int, int]:
+        """(file, row group, row in group, row in file) of kept row `i`."""
+        return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
+
+
+class ParquetIndex(RowIndex):
     """Light per-row metadata of every kept row across `paths`, as compact numpy arrays (n = kept rows).
 
     shard, group, row_in_group, row_in_file: (n,) int32 location; group_id: (n,) int32 global row-group id;
@@ -109,19 +134,6 @@ class ParquetIndex:
         for name, arr in cols.items():
             setattr(self, name, np.ascontiguousarray(arr[keep]))
         self.n_groups = group_base
-
-    def __len__(self) -> int:
-        return len(self.task_mask)
-
-    def tasks_of(self, i: int) -> list[str]:
-        return [t for b, t in enumerate(TASK_ORDER) if int(self.task_mask[i]) >> b & 1]
-
-    def rows_for(self, task: str) -> np.ndarray:
-        return np.flatnonzero(self.task_mask & (1 << TASK_ORDER.index(task)))
-
-    def location(self, i: int) -> tuple[str, int, int, int]:
-        """(file, row group, row in group, row in file) of kept row `i`."""
-        return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
 
     def _index_file(self, shard: int, path: str, group_base: int) -> dict[str, np.ndarray]:
         pf = pq.ParquetFile(path)

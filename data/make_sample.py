@@ -183,9 +183,11 @@ def write_manifests(work: str, items: list[Item], splits: dict[str, list[tuple[i
     return manifests
 
 
-def train_tokenizer(texts: list[str], out_dir: str, vocab_size: int = TOKENIZER_VOCAB) -> int:
+def train_tokenizer(texts: list[str], out_dir: str, vocab_size: int = TOKENIZER_VOCAB,
+                    special_tokens: list[str] | tuple[str, ...] = ()) -> int:
     """Byte-level BPE (256-byte alphabet + merges) with exactly `vocab_size` entries, saved as a
-    PreTrainedTokenizerFast in `out_dir` (loadable offline with AutoTokenizer). Returns len(tokenizer)."""
+    PreTrainedTokenizerFast in `out_dir` (loadable offline with AutoTokenizer). `special_tokens` take ids
+    0..len-1 in order (a family's fixed special ids). Returns len(tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -193,7 +195,7 @@ def train_tokenizer(texts: list[str], out_dir: str, vocab_size: int = TOKENIZER_
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=[], show_progress=False,
+        vocab_size=vocab_size, min_frequency=1, special_tokens=list(special_tokens), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer)

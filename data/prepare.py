@@ -80,13 +80,15 @@ class ShardWriter:
     Use as a context manager; `add(row)` takes a dict with the SCHEMA columns. Stale shard files in OUT are
     removed when the writer opens. An input with no rows still yields one empty (schema-only) shard."""
 
-    def __init__(self, out_dir: str, shard_rows: int = 500, row_group_rows: int = 64, compression: str = "zstd"):
+    def __init__(self, out_dir: str, shard_rows: int = 500, row_group_rows: int = 64, compression: str = "zstd",
+                 schema: pa.Schema | None = None):
         if shard_rows < 1 or row_group_rows < 1:
             raise ValueError(f"shard_rows and row_group_rows must be >= 1, got {shard_rows}, {row_group_rows}")
         self.out_dir = out_dir
         self.shard_rows = shard_rows
         self.row_group_rows = min(row_group_rows, shard_rows)
         self.compression = compression
+        self.schema = schema if schema is not None else WRITE_SCHEMA  # another family's schema (MiniMind-O)
         self.paths: list[str] = []
         self.n_rows = 0
         self._buffer: list[dict] = []
@@ -114,14 +116,14 @@ class ShardWriter:
         path = os.path.join(self.out_dir, f"shard-{len(self.paths):05d}.parquet")
         self.paths.append(path)
         self._rows_in_shard = 0
-        return pq.ParquetWriter(path, WRITE_SCHEMA, compression=self.compression)
+        return pq.ParquetWriter(path, self.schema, compression=self.compression)
 
     def _flush(self) -> None:
         if not self._buffer:
             return
         if self._writer is None:
             self._writer = self._open_shard()
-        table = pa.Table.from_pylist(self._buffer, schema=WRITE_SCHEMA)
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         self._writer.write_table(table, row_group_size=len(self._buffer))
         self._rows_in_shard += len(self._buffer)
         self._buffer = []

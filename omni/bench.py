@@ -98,7 +98,11 @@ def run_benchmark(cfg: DictConfig) -> dict:
     achieved = flops_per_token * tokens / elapsed
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-        "model": cfg.model.cfg.get("backbone", {}).get("hidden_size"), "stage": cfg.stage.name, "dtype": b.dtype,
+        "model": (cfg.model.cfg.get("backbone") or cfg.model.cfg.get("thinker") or {}).get("hidden_size"),
+        "stage": cfg.stage.name, "dtype": b.dtype,
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch_items": round(sum(len(x["ids"]) for x in timed) / len(timed), 2),
+        "max_seq_len": max(int(x["input_ids"].shape[-1]) for x in timed),
         "steps": len(timed), "tokens": tokens, "padding_fraction": round(1 - tokens / max(padded, 1), 4),
         "tokens_per_s": round(tokens / elapsed, 1), "step_s": round(elapsed / len(timed), 4),
         "peak_memory_gib": round(peak_memory_gib(device), 3),

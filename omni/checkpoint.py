@@ -32,13 +32,19 @@ def model_state_dict(ckpt: dict, prefix: str = "model.") -> dict[str, torch.Tens
 
 def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
     """Initialise `model` from a previous run's checkpoint (stage chaining: `init_from=...`), or from a folder:
-    a released litgpt-format Mini-Omni folder (`lit_model.pth` + `model_config.yaml`) or our Hugging Face export
+    a released litgpt-format Mini-Omni folder (`lit_model.pth` + `model_config.yaml`), a released Mini-Omni3 folder
+    (safetensors shards + `model_config.yaml`, for a MiniOmni3 model) or our Hugging Face export
     (`omni_config.json`). Folders keep the model's own audio encoder (released folders do not hold Whisper)."""
     path = Path(path)
     if path.is_dir():
         from omni.mini_omni import convert
+        from omni.mini_omni3.model import MiniOmni3
 
-        if (path / "model_config.yaml").exists():
+        if isinstance(model, MiniOmni3) and (path / "model_config.yaml").exists():
+            from omni.mini_omni3.convert import load_release_into
+
+            load_release_into(model, path)  # released Mini-Omni3 folder: safetensors shards + index
+        elif (path / "model_config.yaml").exists():
             convert.load_litgpt_into(model, path)
         elif (path / "omni_config.json").exists():
             state = convert.load_hf(path).state_dict()

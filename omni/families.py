@@ -7,8 +7,11 @@ from torch import nn
 
 from omni.mini_omni.infer import MiniOmniInference
 from omni.mini_omni.model import MiniOmni
+from omni.mini_omni3.model import MiniOmni3
+from omni.mini_omni3.session import MiniOmni3Inference
 
 INFERENCE = {MiniOmni: MiniOmniInference}
+INFERENCE[MiniOmni3] = MiniOmni3Inference  # streaming sessions (omni/mini_omni3/session.py)
 
 
 def make_inference(model: nn.Module, tokenizer: Any):

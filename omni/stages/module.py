@@ -31,9 +31,25 @@ class StageConfig:
     val_tasks: dict[str, float] = field(default_factory=dict)
     lr: float = 1e-3
     description: str = ""
+    frozen: list[str] = field(default_factory=list)  # kept frozen even where `trainable` matches (see freeze.py)
+    mode: str | None = None                          # picks `trainable` from `modes` (then leave trainable empty)
+    modes: dict[str, list[str]] = field(default_factory=dict)
+    freeze: str | None = None                        # picks extra `frozen` globs from `freezes`
+    freezes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.trainable = list(self.trainable)
+        self.frozen = list(self.frozen)
+        if self.modes:  # a named choice; a wrong name fails at start, listing the valid ones
+            if self.trainable:
+                raise ValueError(f"stage {self.name!r}: set either `trainable` or `mode`, not both")
+            if self.mode not in self.modes:
+                raise ValueError(f"stage {self.name!r}: mode={self.mode!r} is not one of {sorted(self.modes)}")
+            self.trainable = list(self.modes[self.mode])
+        if self.freezes:
+            if self.freeze not in self.freezes:
+                raise ValueError(f"stage {self.name!r}: freeze={self.freeze!r} is not one of {sorted(self.freezes)}")
+            self.frozen += list(self.freezes[self.freeze])
         self.optional_trainable = list(self.optional_trainable)
         self.tasks = dict(self.tasks)
         self.val_tasks = dict(self.val_tasks) or dict(self.tasks)
@@ -60,7 +76,8 @@ class OmniModule(LightningModule):
         self._inference = None
         if init_from:
             load_model_weights(self.model, init_from)
-        self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable)
+        self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable,
+                                            self.stage.frozen)
 
     # -- steps -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:

@@ -1,0 +1,83 @@
+"""Speech-quality predictors (non-intrusive MOS): `score(wav, sr) -> {"mos": float, ...}`.
+
+Default: DNSMOS P.835 + P.808 (Microsoft's ONNX models shipped inside `speechmos`, run by onnxruntime, offline):
+`mos` = OVRL, plus `sig`, `bak`, `p808`. A local UTMOS (or any waveform -> MOS model) replaces it as a
+`torch.export` program file (`.pt2`: input (1, n) float32 at `sample_rate`, output the MOS as a scalar or a
+1-element tensor); hub-only predictors cannot be fetched here, so export one where you have the weights."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from callbacks.speech.base import LazyScorer, prepare_wav, torch_threads
+
+DNSMOS_RATE = 16000
+
+
+class DNSMOS(LazyScorer):
+    name = "dnsmos"
+
+    def _load(self) -> Any:
+        import onnxruntime as ort
+        import speechmos
+        from speechmos.dnsmos import DNSMOS as _Reference
+
+        folder = os.path.join(os.path.dirname(speechmos.__file__), "dnsmos_models")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = torch_threads(), 1
+        opts.log_severity_level = 3
+
+        class _Session(_Reference):  # speechmos' feature extraction and polynomial mapping, our thread settings
+            def __init__(self) -> None:
+                self.primary_model_path = os.path.join(folder, "sig_bak_ovr.onnx")
+                self.onnx_sess = ort.InferenceSession(self.primary_model_path, opts,
+                                                      providers=["CPUExecutionProvider"])
+                self.p808_onnx_sess = ort.InferenceSession(os.path.join(folder, "model_v8.onnx"), opts,
+                                                           providers=["CPUExecutionProvider"])
+
+        return _Session()
+
+    def score(self, wav: np.ndarray, sr: int) -> dict[str, float]:
+        audio = prepare_wav(wav, sr, DNSMOS_RATE)
+        if audio.size < DNSMOS_RATE // 10:
+            raise ValueError(f"DNSMOS needs at least 0.1 s of audio, got {audio.size} samples")
+        out = self.model(audio, DNSMOS_RATE, False)
+        return {"mos": float(out["ovrl_mos"]), "sig": float(out["sig_mos"]), "bak": float(out["bak_mos"]),
+                "p808": float(out["p808_mos"])}
+
+
+class ExportedMOS(LazyScorer):
+    """A local `torch.export` program (.pt2) mapping a (1, n) waveform at `sample_rate` to a MOS."""
+
+    def __init__(self, path: str, sample_rate: int = 16000) -> None:
+        super().__init__()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"quality: model file not found: {path!r}")
+        if not path.endswith(".pt2"):
+            raise ValueError(f"quality: {path!r} is not a torch.export program (.pt2); export your UTMOS with "
+                             f"torch.export.save(torch.export.export(model, (wav,)), 'utmos.pt2')")
+        self.path, self.sample_rate = path, int(sample_rate)
+        self.name = f"exported:{os.path.basename(path)}"
+
+    def _load(self) -> Any:
+        import torch
+
+        return torch.export.load(self.path).module()
+
+    def score(self, wav: np.ndarray, sr: int) -> dict[str, float]:
+        import torch
+
+        audio = torch.from_numpy(prepare_wav(wav, sr, self.sample_rate)).unsqueeze(0)
+        with torch.no_grad():
+            out = self.model(audio)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if out.numel() != 1:
+            raise ValueError(f"quality: {self.path} returned {tuple(out.shape)}; expected one MOS value")
+        return {"mos": float(out.reshape(()))}
+
+
+def build_quality(path: str | None = None, sample_rate: int = 16000) -> DNSMOS | ExportedMOS:
+    """None -> DNSMOS (speechmos); a `.pt2` file -> that exported MOS predictor (e.g. UTMOS)."""
+    return ExportedMOS(path, sample_rate) if path else DNSMOS()

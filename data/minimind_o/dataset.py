@@ -1,0 +1,370 @@
+"""Released MiniMind-O parquet shards -> an index with exact lengths and a lazy dataset of laid-out examples.
+
+`MiniMindOIndex` reads each row group once, checks every row (conversation JSON, per-turn audio / code counts,
+code ranges, embedding width, audio headers) and computes its exact un-augmented sequence length with the same
+`RowReader.plan` the dataset uses, so token budgets and `max_len` hold. It speaks the batch sampler's duck-typed
+index protocol with `task_order` = ("t2a", "a2a", "i2t"). Bad rows are skipped and counted (`skipped`, the
+existing `data.dataset.Skipped` records) or, with `strict`, stop with a ValueError naming file, row and column.
+Cost: question-audio headers are read at index time (one pass over the audio bytes of A2A files).
+
+`MiniMindODataset[(row, task)]` re-reads the row through a small row-group LRU, applies the training
+augmentations (explicit per-process numpy generator; `augment=None` in evaluation), decodes question audio to
+encoder features and the image to pixels, and returns {id, task, layout, audio_mels, audio_frames,
+pixel_values, speaker_emb, answer_text, file, row} or a `Skipped` marker.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from data.audio import AudioDecodeError, decode_audio
+from data.dataset import Skipped, expand_paths
+from data.minimind_o.schema import TASKS, first_image, parse_conversation, validate_schema
+from omni.minimind_o.encoders import AUDIO_SR, MEL_HOP, AudioEncoderSpec, VisionEncoderSpec
+from omni.minimind_o.layout import (
+    IMAGE_PLACEHOLDER, Augment, Layout, add_system_prompt, augment_waveform, build_layout, frames_from_flat,
+    render_chat, scheduled_sampling, spec_augment,
+)
+from omni.minimind_o.tokens import MiniMindOTokens
+
+
+class RowError(Exception):
+    """A problem with one column of one row (-> `Skipped`, or a ValueError naming file/row/column when strict)."""
+
+    def __init__(self, column: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.column, self.reason, self.detail = column, reason, detail
+
+
+@dataclass
+class Plan:
+    """What one row becomes: the task, the messages up to the target turn (user turns carry their clip under
+    "_audio"), per-user-turn encoder frames, answer / reference codes (N, 8) / (R, 8), speaker embedding."""
+
+    task: str
+    messages: list[dict]
+    frames: list[int] = field(default_factory=list)
+    answer_codes: torch.Tensor | None = None
+    ref_codes: torch.Tensor | None = None
+    speaker_emb: torch.Tensor | None = None
+    image: bytes | None = None
+    keep_think: bool = False
+    added_system: bool = False  # an augmentation system prompt (dropped first when the row is too long)
+
+
+class RowReader:
+    """Row -> Plan -> Layout, shared by the index (lengths) and the dataset (tensors)."""
+
+    def __init__(self, tokens: MiniMindOTokens, tokenizer: Any, audio: AudioEncoderSpec, vision: VisionEncoderSpec,
+                 spk_dim: int, max_len: int) -> None:
+        self.tok, self.tokenizer, self.audio, self.vision = tokens, tokenizer, audio, vision
+        self.spk_dim, self.max_len = int(spk_dim), int(max_len)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def plan(self, rec: dict[str, Any], clip_samples, rng: np.random.Generator | None,
+             augment: Augment | None) -> Plan:
+        """clip_samples(bytes) -> 16 kHz samples of a question clip (header read or decode)."""
+        try:
+            msgs = parse_conversation(rec.get("conversations"))
+        except ValueError as exc:
+            raise RowError("conversations", "bad_conversation", str(exc)) from exc
+        clips, image = list(rec.get("question_audios") or []), first_image(rec.get("image_bytes"))
+        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+        if clips:
+            if len(clips) != len(users):
+                raise RowError("question_audios", "bad_audio_count", f"{len(clips)} clips for {len(users)} user turns")
+            msgs = [{**m, "_audio": clips[users.index(i)]} if i in users else m for i, m in enumerate(msgs)]
+        task = "a2a" if clips else "i2t" if image else "t2a"
+        if image:
+            msgs = _first_image_only(msgs)
+        answers = self._answer_codes(rec, msgs)
+        with_audio = [i for i, c in answers.items() if c is not None]
+        if task == "t2a" and (not answers or answers[max(answers)] is None):
+            raise RowError("answer_audios", "no_task", "a text-only row: no answer audio for its last assistant turn")
+        ends = [i for i in answers if answers[i] is not None] if with_audio and task != "i2t" else list(answers)
+        end = ends[int(rng.integers(len(ends)))] if rng is not None and augment and augment.random_turn else ends[-1]
+        msgs = msgs[: end + 1]
+        added = rng is not None and augment is not None and rng.random() < augment.system_prompt
+        if added:
+            msgs = add_system_prompt(msgs, augment.system_prompts, rng)
+        plan = Plan(task, msgs, answer_codes=answers[end], image=image, added_system=added,
+                    keep_think=bool(rng is not None and augment and rng.random() < augment.keep_think))
+        keep_ref = rng is None or augment is None or rng.random() < augment.keep_ref
+        if rec.get("ref_audios") and keep_ref:
+            plan.ref_codes = self._codes(rec["ref_audios"], "ref_audios")
+        if rec.get("spk_emb") is not None and len(rec["spk_emb"]):
+            emb = np.asarray(rec["spk_emb"], dtype=np.float32)
+            if emb.shape != (self.spk_dim,) or not np.isfinite(emb).all():
+                raise RowError("spk_emb", "bad_speaker", f"expected {self.spk_dim} finite floats, got {emb.shape}")
+            plan.speaker_emb = torch.from_numpy(emb)
+        plan.frames = self._frames(plan.messages, clip_samples)
+        return plan
+
+    def _answer_codes(self, rec: dict[str, Any], msgs: list[dict]) -> dict[int, torch.Tensor | None]:
+        """{message index of each assistant turn: its (N, 8) codes or None}."""
+        turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        audios = rec.get("answer_audios")
+        if audios is None or len(audios) == 0:
+            return {i: None for i in turns}
+        if len(audios) != len(turns):
+            raise RowError("answer_audios", "bad_codes", f"{len(audios)} answer audios for {len(turns)} assistant turns")
+        return {i: self._codes(a, "answer_audios") if a is not None and len(a) >= self.tok.n_codebooks else None
+                for i, a in zip(turns, audios)}
+
+    def _codes(self, flat: Any, column: str) -> torch.Tensor:
+        codes = frames_from_flat(flat, self.tok.n_codebooks)
+        if codes.numel() == 0:
+            raise RowError(column, "bad_codes", f"fewer than {self.tok.n_codebooks} codes (one frame)")
+        if codes.min() < 0 or codes.max() >= self.tok.codebook_size:
+            raise RowError(column, "bad_codes", f"code values in [{int(codes.min())}, {int(codes.max())}] outside "
+                           f"[0, {self.tok.codebook_size})")
+        return codes
+
+    def _frames(self, msgs: list[dict], clip_samples) -> list[int]:
+        frames = []
+        for m in msgs:
+            if m["role"] == "user" and "_audio" in m:
+                try:
+                    n = clip_samples(m["_audio"])
+                except AudioDecodeError as exc:
+                    raise RowError("question_audios", "bad_audio", str(exc)) from exc
+                if n > self.audio.window_s * AUDIO_SR:
+                    raise RowError("question_audios", "audio_too_long",
+                                   f"{n / AUDIO_SR:.2f} s > encoder window {self.audio.window_s:g} s")
+                frames.append(self.audio.frames(n))
+        return frames
+
+    def augment_margin(self, augment: Augment | None) -> int:
+        """Most positions the augmentations can add to a row: the longest system prompt turn + the think block."""
+        if augment is None:
+            return 0
+        turn = lambda text: 3 + len(self.encode("system\n")) + len(self.encode(text)) + len(self.encode("\n"))  # noqa
+        think = 2 + len(self.encode("\n\n")) * 2
+        return max((turn(p) for p in augment.system_prompts), default=0) * (augment.system_prompt > 0) \
+            + think * (augment.keep_think > 0)
+
+    def layout(self, plan: Plan) -> Layout:
+        """Plan -> Layout, dropping the earliest exchanges (user + assistant) until it fits max_len."""
+        while True:
+            chat = render_chat(self.tok, self.encode, plan.messages, audio_frames=plan.frames,
+                               n_image_tokens=self.vision.n_tokens, keep_think=plan.keep_think)
+            lay = build_layout(self.tok, chat.prompt, chat.answer, plan.answer_codes, plan.ref_codes,
+                               speaker=plan.speaker_emb is not None)
+            if lay.length <= self.max_len:
+                return lay
+            if plan.added_system or plan.keep_think:  # augmentation extras go before any real turn
+                plan.messages = plan.messages[1:] if plan.added_system else plan.messages
+                plan.added_system = plan.keep_think = False
+                continue
+            first = next((i for i, m in enumerate(plan.messages) if m["role"] != "system"), None)
+            nxt = next((i for i, m in enumerate(plan.messages) if i > first and m["role"] == "user"), None) \
+                if first is not None else None
+            if nxt is None or plan.image is not None and _has_image(plan.messages[first:nxt]):
+                raise RowError("conversations", "too_long", f"sequence length {lay.length} > max_len {self.max_len}")
+            dropped = plan.messages[first:nxt]
+            plan.frames = plan.frames[sum("_audio" in m for m in dropped):]
+            plan.messages = plan.messages[:first] + plan.messages[nxt:]
+
+
+def _has_image(msgs: list[dict]) -> bool:
+    return any(IMAGE_PLACEHOLDER in m["content"] for m in msgs)
+
+
+def _first_image_only(msgs: list[dict]) -> list[dict]:
+    """Keep the first `<image>` of the conversation (the image the row carries); later ones are dropped. A
+    conversation without one gets it at the start of its first user turn."""
+    out, seen = [], False
+    for m in msgs:
+        content = m["content"]
+        if m["role"] == "user" and IMAGE_PLACEHOLDER in content:
+            head, _, tail = content.partition(IMAGE_PLACEHOLDER)
+            content = head + ("" if seen else IMAGE_PLACEHOLDER) + tail.replace(IMAGE_PLACEHOLDER, "")
+            seen = True
+        out.append({**m, "content": content})
+    if not seen:
+        first = next((i for i, m in enumerate(out) if m["role"] == "user"), None)
+        if first is None:
+            raise RowError("conversations", "bad_conversation", "an image row needs a user turn")
+        out[first] = {**out[first], "content": IMAGE_PLACEHOLDER + out[first]["content"]}
+    return out
+
+
+def header_samples(data: bytes) -> int:
+    """16 kHz samples of an encoded clip from its header only (what decode_audio would return)."""
+    if not data:
+        raise AudioDecodeError("empty audio bytes")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as exc:
+        raise AudioDecodeError(f"cannot read audio header ({len(data)} bytes): {exc}") from exc
+    if info.frames <= 0:
+        raise AudioDecodeError(f"audio has no samples ({len(data)} bytes)")
+    return int(round(info.frames * AUDIO_SR / info.samplerate))
+
+
+def row_id(rec: dict[str, Any], path: str, row: int) -> str:
+    return str(rec.get("id") or f"{os.path.splitext(os.path.basename(path))[0]}:{row}")
+
+
+class MiniMindOIndex:
+    """Per-row metadata of every kept row across `paths` (n = kept rows): shard, group, row_in_group, row_in_file,
+    group_id (n,) int32; task_mask (n,) uint8 over `task_order`; lengths (n, 3) int32 exact sequence lengths
+    (+ `margin` for training augmentations; 0 where the task is not served). Skipped rows: `skipped`."""
+
+    task_order: tuple[str, ...] = TASKS
+
+    def __init__(self, paths: Any, reader: RowReader, *, strict: bool = False, margin: int = 0) -> None:
+        self.files = expand_paths(paths)
+        if not self.files:
+            raise ValueError("MiniMindOIndex needs at least one parquet file")
+        self.reader, self.strict = reader, strict
+        self.skipped: list[Skipped] = []
+        rows: list[tuple[int, ...]] = []
+        group_base = 0
+        for shard, path in enumerate(self.files):
+            pf = pq.ParquetFile(path)
+            columns = validate_schema(pf.schema_arrow, path)
+            row_in_file = 0
+            for g in range(pf.num_row_groups):
+                recs = pf.read_row_group(g, columns=columns).to_pylist()
+                for r, rec in enumerate(recs):
+                    task, length = self._length_or_skip(path, row_in_file + r, rec)
+                    if length:
+                        rows.append((shard, g, r, row_in_file + r, group_base + g, TASKS.index(task), length))
+                row_in_file += len(recs)
+            group_base += pf.num_row_groups
+        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+        for k, name in enumerate(("shard", "group", "row_in_group", "row_in_file", "group_id")):
+            setattr(self, name, arr[:, k].astype(np.int32))
+        self.task_mask = (1 << arr[:, 5]).astype(np.uint8)
+        self.lengths = np.zeros((len(arr), len(TASKS)), dtype=np.int32)
+        # + margin: room for training augmentations, so token budgets hold for augmented rows too
+        self.lengths[np.arange(len(arr)), arr[:, 5]] = np.minimum(arr[:, 6] + int(margin), reader.max_len)
+        self.n_groups = group_base
+
+    def _length_or_skip(self, path: str, row: int, rec: dict[str, Any]) -> tuple[str, int]:
+        try:
+            plan = self.reader.plan(rec, header_samples, None, None)
+            return plan.task, self.reader.layout(plan).length
+        except RowError as err:
+            if self.strict:
+                raise ValueError(f"{path}: row {row} (id={row_id(rec, path, row)!r}), column {err.column!r}: "
+                                 f"{err.detail}") from err
+            self.skipped.append(Skipped(path, row, row_id(rec, path, row), err.column, err.reason, err.detail))
+            return "", 0
+
+    def __len__(self) -> int:
+        return len(self.task_mask)
+
+    def tasks_of(self, i: int) -> list[str]:
+        return [t for b, t in enumerate(self.task_order) if int(self.task_mask[i]) >> b & 1]
+
+    def rows_for(self, task: str) -> np.ndarray:
+        if task not in self.task_order:
+            raise ValueError(f"unknown MiniMind-O task {task!r}; valid: {list(self.task_order)}")
+        return np.flatnonzero(self.task_mask & (1 << self.task_order.index(task)))
+
+    def location(self, i: int) -> tuple[str, int, int, int]:
+        return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
+
+
+class MiniMindODataset(Dataset):
+    def __init__(self, index: MiniMindOIndex, *, augment: Augment | None = None, seed: int = 0,
+                 cache_row_groups: int = 4, strict: bool = False) -> None:
+        self.index, self.reader, self.augment = index, index.reader, augment
+        self.seed, self.strict = int(seed), strict
+        self.cache_row_groups = max(1, int(cache_row_groups))
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._rng: np.random.Generator | None = None
+        self._featurizer = self._image_processor = None
+
+    def __getstate__(self) -> dict[str, Any]:  # worker copies start with an empty cache and their own generator
+        return {**self.__dict__, "_cache": OrderedDict(), "_rng": None}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rng(self) -> np.random.Generator:
+        """Per-process augmentation generator: seed + the worker's seed (Lightning/torch reseed workers each
+        epoch), so every worker draws differently and runs are reproducible."""
+        if self._rng is None:
+            info = get_worker_info()
+            self._rng = np.random.default_rng([self.seed, info.seed if info is not None else 0])
+        return self._rng
+
+    def _row(self, i: int) -> dict[str, Any]:
+        shard, group = int(self.index.shard[i]), int(self.index.group[i])
+        key = (shard, group)
+        if key not in self._cache:
+            self._cache[key] = pq.ParquetFile(self.index.files[shard]).read_row_group(group)
+            while len(self._cache) > self.cache_row_groups:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key].slice(int(self.index.row_in_group[i]), 1).to_pylist()[0]
+
+    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
+        row, _ = (item, None) if isinstance(item, (int, np.integer)) else item
+        path, _, _, in_file = self.index.location(int(row))
+        rec: dict[str, Any] = {}
+        try:
+            try:
+                rec = self._row(int(row))
+            except (OSError, pa.ArrowException) as exc:
+                raise RowError("*", "unreadable", f"cannot read the row: {exc}") from exc
+            example = self.example(rec)
+        except RowError as err:
+            if self.strict:
+                raise ValueError(f"{path}: row {in_file} (id={row_id(rec, path, in_file)!r}), column "
+                                 f"{err.column!r}: {err.detail}") from err
+            return Skipped(path, in_file, row_id(rec, path, in_file), err.column, err.reason, err.detail)
+        example.update(id=row_id(rec, path, in_file), file=path, row=in_file)
+        return example
+
+    def example(self, rec: dict[str, Any]) -> dict[str, Any]:
+        rng = self.rng() if self.augment is not None else None
+        wavs: dict[int, np.ndarray] = {}
+
+        def samples(data: bytes) -> int:
+            wav = decode_audio(data, AUDIO_SR)
+            if rng is not None and rng.random() < self.augment.waveform:
+                wav = augment_waveform(wav, rng)
+            wavs[id(data)] = wav
+            return len(wav)
+
+        plan = self.reader.plan(rec, samples, rng, self.augment)
+        lay = self.reader.layout(plan)
+        if rng is not None and self.augment.scheduled_sampling > 0:
+            lay.inputs = scheduled_sampling(self.reader.tok, lay.inputs, lay.start, self.augment.scheduled_sampling,
+                                            rng)
+        spec = self.reader.audio
+        if self._featurizer is None and wavs:
+            self._featurizer = spec.featurizer()
+        clips = [m["_audio"] for m in plan.messages if "_audio" in m]
+        mels = [spec.features(wavs[id(c)], self._featurizer) for c in clips]
+        if rng is not None and self.augment.spec_augment > 0:
+            valid = [len(wavs[id(c)]) // MEL_HOP for c in clips]
+            mels = [spec_augment(m, v, rng) if rng.random() < self.augment.spec_augment else m
+                    for m, v in zip(mels, valid)]
+        pixels = []
+        if plan.image is not None:
+            if self._image_processor is None:
+                self._image_processor = self.reader.vision.processor()
+            try:
+                pixels = [self.reader.vision.pixels(plan.image, self._image_processor)]
+            except Exception as exc:  # Pillow raises UnidentifiedImageError / OSError / ValueError
+                raise RowError("image_bytes", "bad_image", f"cannot decode the image: {exc}") from exc
+        return {"task": plan.task, "layout": lay, "audio_mels": mels, "audio_frames": list(plan.frames),
+                "pixel_values": pixels, "speaker_emb": plan.speaker_emb,
+                "answer_text": plan.messages[-1]["content"]}

@@ -1,0 +1,65 @@
+"""Collation of streaming examples into one padded batch. Pure: no I/O, no devices.
+
+Batch legend (B items, L longest sequence, C chunks with audio over the batch, M mel bins, E tower width):
+
+| key             | type / shape          | meaning                                                              |
+|-----------------|-----------------------|----------------------------------------------------------------------|
+| input_ids       | (B, L) long           | layout ids, right-padded with PAD                                    |
+| targets         | (B, L) long           | next-token targets (layout.next_token_targets), IGNORE on padding    |
+| attention_mask  | (B, L) long           | 1 on real positions                                                  |
+| decision_mask   | (B, L) bool           | online chunk ASSISTANT positions (the listen/speak decision is next) |
+| audio_mels      | (C, M, 40) float32    | per-chunk log-mel of the items' chunks in order, or None             |
+| audio_features  | (C, 10, E) float32    | precomputed tower frames instead of mels, or None                    |
+| audio_positions | (C * 10,) long        | flat index b * L + p receiving each frame, same order                |
+| n_chunks        | (B,) long             | chunks per item                                                      |
+| tasks, ids      | list[str] (B)         | mode ("online" / "offline") and row id of each item                 |
+| reply_text      | list[list[str]] (B)   | reference replies                                                    |
+| n_tokens        | int                   | real (non-padding) positions                                         |
+| skipped         | list[dict]            | load-time `Skipped` markers dropped from this batch                  |
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from omni.mini_omni3.layout import next_token_targets
+from omni.mini_omni3.tokens import IGNORE, MiniOmni3Tokens
+
+
+class StreamingCollator:
+    def __init__(self, tokens: MiniOmni3Tokens) -> None:
+        self.tok = tokens
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        examples = [x for x in items if isinstance(x, dict)]
+        skipped = [x.as_dict() for x in items if not isinstance(x, dict)]
+        seqs = [x["sequence"] for x in examples]
+        B, L = len(seqs), max((len(s) for s in seqs), default=0)
+        input_ids = torch.full((B, L), self.tok.pad, dtype=torch.long)
+        targets = torch.full((B, L), IGNORE, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        decision = torch.zeros((B, L), dtype=torch.bool)
+        positions: list[int] = []
+        for b, s in enumerate(seqs):
+            n = len(s)
+            input_ids[b, :n] = torch.tensor(s.ids)
+            targets[b, :n] = torch.tensor(next_token_targets(s.labels))
+            mask[b, :n] = 1
+            decision[b, s.decision_positions] = True
+            positions += [b * L + p for p in s.audio_positions]
+        mels = [x["mels"] for x in examples if x["mels"] is not None]
+        feats = [x["features"] for x in examples if x["features"] is not None]
+        if mels and feats:
+            raise ValueError("a batch mixes rows with precomputed features and rows with audio; use one kind per "
+                             "data set (data.streaming.features precomputes a whole split)")
+        return {
+            "input_ids": input_ids, "targets": targets, "attention_mask": mask, "decision_mask": decision,
+            "audio_mels": torch.cat(mels).float() if mels else None,
+            "audio_features": torch.cat(feats).float() if feats else None,
+            "audio_positions": torch.tensor(positions, dtype=torch.long),
+            "n_chunks": torch.tensor([s.n_chunks for s in seqs], dtype=torch.long),
+            "tasks": [x["task"] for x in examples], "ids": [x["id"] for x in examples],
+            "reply_text": [x["reply_text"] for x in examples],
+            "n_tokens": int(sum(len(s) for s in seqs)), "skipped": skipped,
+        }

@@ -1,0 +1,241 @@
+"""Streaming parquet shards -> a light index (exact lengths) and a lazy dataset of laid-out sessions.
+
+`StreamingIndex` reads only the light columns (never audio / features), checks every row's labels and computes its
+exact sequence length (reply texts are tokenized here; they are short). It speaks the batch sampler's duck-typed
+index protocol with its own `task_order` = ("online", "offline"): a row serves the task named by its `mode`.
+`StreamingDataset[(row, task)]` reads the row group through a small LRU, decodes audio -> per-chunk log-mel (or
+reads precomputed tower features) and lays the sequence out; bad rows become `Skipped` (strict: ValueError naming
+file, row and column).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from data.audio import AudioDecodeError, decode_audio
+from data.dataset import RowIndex, Skipped, expand_paths
+from data.streaming.schema import LIGHT_COLUMNS, MODES, validate_schema
+from omni.mini_omni3.encoder import CHUNK_SAMPLES, FRAMES_PER_CHUNK, SAMPLE_RATE, ChunkMel, pad_to_chunks
+from omni.mini_omni3.layout import (
+    OFFLINE_MAX_CHUNKS, Reply, offline_prefix, offline_sequence, online_prefix, online_sequence,
+)
+from omni.mini_omni3.tokens import EMOTIONS, MiniOmni3Tokens
+
+
+class RowError(Exception):
+    """A problem with one column of one row (-> `Skipped`, or a ValueError naming file/row/column when strict)."""
+
+    def __init__(self, column: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.column, self.reason, self.detail = column, reason, detail
+
+
+def check_labels(rec: dict[str, Any]) -> None:
+    """Consistency of a row's label columns (raises RowError)."""
+    mode = rec["mode"]
+    if mode not in MODES:
+        raise RowError("mode", "bad_mode", f"mode {mode!r} is not one of {list(MODES)}")
+    texts = rec["reply_text"] or []
+    emotions = rec["reply_emotion"]
+    if emotions is not None and len(emotions) != len(texts):
+        raise RowError("reply_emotion", "bad_labels", f"{len(emotions)} emotions for {len(texts)} replies")
+    for e in emotions or []:
+        if e is not None and e not in EMOTIONS:
+            raise RowError("reply_emotion", "bad_labels", f"emotion {e!r} is not one of {list(EMOTIONS)}")
+    if any(not t for t in texts):
+        raise RowError("reply_text", "empty_text", "a reply text is empty")
+    n = int(rec["n_chunks"])
+    if mode == "online":
+        chunks = rec["reply_chunk"] or []
+        if len(chunks) != len(texts):
+            raise RowError("reply_chunk", "bad_labels", f"{len(chunks)} reply chunks for {len(texts)} replies")
+        if any(b <= a for a, b in zip(chunks, chunks[1:])):
+            raise RowError("reply_chunk", "bad_labels", f"reply chunks {chunks} are not strictly ascending")
+        if chunks and not (0 <= chunks[0] and chunks[-1] < n):
+            raise RowError("reply_chunk", "bad_labels", f"reply chunks {chunks} outside the {n} chunks")
+        if n <= 0:
+            raise RowError("n_chunks", "no_audio", "an online session needs n_chunks > 0")
+    else:
+        if len(texts) != 1:
+            raise RowError("reply_text", "bad_labels", f"an offline row has exactly one answer, got {len(texts)}")
+        if n <= 0 and not rec["user_text"]:
+            raise RowError("user_text", "missing", "an offline row needs audio (n_chunks > 0) or user_text")
+
+
+class StreamingIndex(RowIndex):
+    """Per-row metadata of every kept row across `paths` (n = kept rows), as numpy arrays: shard, group,
+    row_in_group, row_in_file, group_id (n,) int32; task_mask (n,) uint8 over `task_order`; lengths (n, 2) int32
+    exact sequence lengths (0 where the task is not served); n_chunks (n,) int32. Skipped rows: `skipped`."""
+
+    task_order: tuple[str, ...] = MODES
+    family = "streaming"
+
+    def __init__(self, paths: Any, tokenizer: Any, tokens: MiniOmni3Tokens, system_ids: list[int], *,
+                 max_len: int = 4096, strict: bool = False) -> None:
+        self.files = expand_paths(paths)
+        if not self.files:
+            raise ValueError("StreamingIndex needs at least one parquet file")
+        self.tokenizer, self.tok, self.max_len, self.strict = tokenizer, tokens, int(max_len), strict
+        self.prefix_len = len(online_prefix(tokens, system_ids))
+        assert self.prefix_len == len(offline_prefix(tokens, system_ids))
+        self.skipped: list[Skipped] = []
+        cols: dict[str, list[int]] = {k: [] for k in ("shard", "group", "row_in_group", "row_in_file", "group_id",
+                                                      "task_mask", "n_chunks")}
+        lengths: list[tuple[int, int]] = []
+        group_base = 0
+        for shard, path in enumerate(self.files):
+            pf = pq.ParquetFile(path)
+            validate_schema(pf.schema_arrow, path)
+            row_in_file = 0
+            for g in range(pf.num_row_groups):
+                recs = pf.read_row_group(g, columns=list(LIGHT_COLUMNS)).to_pylist()
+                for r, rec in enumerate(recs):
+                    length = self._length_or_skip(path, row_in_file + r, rec)
+                    if length:
+                        bit = MODES.index(rec["mode"])
+                        for k, v in zip(cols, (shard, g, r, row_in_file + r, group_base + g, 1 << bit,
+                                               rec["n_chunks"])):
+                            cols[k].append(int(v))
+                        lengths.append((length, 0) if bit == 0 else (0, length))
+                row_in_file += len(recs)
+            group_base += pf.num_row_groups
+        for k, v in cols.items():
+            setattr(self, k, np.asarray(v, dtype=np.uint8 if k == "task_mask" else np.int32))
+        self.lengths = np.asarray(lengths, dtype=np.int32).reshape(-1, 2)
+        self.n_groups = group_base
+
+    def _length_or_skip(self, path: str, row: int, rec: dict[str, Any]) -> int:
+        try:
+            check_labels(rec)
+            length = self.sequence_length(rec)
+            if length > self.max_len:
+                raise RowError("n_chunks", "too_long", f"sequence length {length} > max_len {self.max_len}")
+            return length
+        except RowError as err:
+            if self.strict:
+                raise ValueError(f"{path}: row {row} (id={rec.get('id')!r}), column {err.column!r}: {err.detail}") \
+                    from err
+            self.skipped.append(Skipped(path, row, str(rec.get("id")), err.column, err.reason, err.detail))
+            return 0
+
+    def sequence_length(self, rec: dict[str, Any]) -> int:
+        """Exact laid-out length: prefix + per-chunk blocks + replies (online) or the offline turn."""
+        texts = rec["reply_text"] or []
+        n_text = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        if rec["mode"] == "online":
+            return self.prefix_len + 13 * int(rec["n_chunks"]) + sum(n + 2 for n in n_text)
+        chunks = min(int(rec["n_chunks"]), OFFLINE_MAX_CHUNKS)
+        audio = chunks * FRAMES_PER_CHUNK + 2 if chunks > 0 else 0
+        user = len(self.tokenizer(rec["user_text"], add_special_tokens=False)["input_ids"]) + 3 \
+            if rec["user_text"] else 0
+        return self.prefix_len + audio + user + 3 + n_text[0]
+
+
+
+class StreamingDataset(Dataset):
+    """Map-style dataset over a `StreamingIndex`; items are (row, task) keys from the batch sampler. Returns an
+    example dict {id, task, sequence (layout.Sequence), mels (C, M, 40) | None, features (C, 10, E) | None,
+    reply_text, speaker, file, row} or `Skipped`."""
+
+    def __init__(self, index: StreamingIndex, system_ids: list[int], *, n_mels: int = 128,
+                 cache_row_groups: int = 4, strict: bool = False) -> None:
+        self.index, self.tok, self.tokenizer = index, index.tok, index.tokenizer
+        self.system_ids, self.strict = list(system_ids), strict
+        self.mel = ChunkMel(n_mels)
+        self.cache_row_groups = max(1, int(cache_row_groups))
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": OrderedDict()}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _row(self, i: int) -> dict[str, Any]:
+        shard, group = int(self.index.shard[i]), int(self.index.group[i])
+        key = (shard, group)
+        if key not in self._cache:
+            self._cache[key] = pq.ParquetFile(self.index.files[shard]).read_row_group(group)
+            while len(self._cache) > self.cache_row_groups:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key].slice(int(self.index.row_in_group[i]), 1).to_pylist()[0]
+
+    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
+        row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
+        path, _, _, in_file = self.index.location(int(row))
+        rec: dict[str, Any] = {}
+        try:
+            try:
+                rec = self._row(int(row))
+            except (OSError, pa.ArrowException) as exc:
+                raise RowError("*", "unreadable", f"cannot read the row: {exc}") from exc
+            example = self.example(rec)
+        except RowError as err:
+            if self.strict:
+                raise ValueError(f"{path}: row {in_file} (id={rec.get('id')!r}), column {err.column!r}: "
+                                 f"{err.detail}") from err
+            return Skipped(path, in_file, str(rec.get("id", "?")), err.column, err.reason, err.detail)
+        example.update(file=path, row=in_file)
+        return example
+
+    # -- one row -----------------------------------------------------------------------------------------------
+    def example(self, rec: dict[str, Any]) -> dict[str, Any]:
+        check_labels(rec)
+        n = int(rec["n_chunks"])
+        mels, feats = self.audio(rec, n) if n > 0 else (None, None)
+        n_used = mels.shape[0] if mels is not None else feats.shape[0] if feats is not None else 0
+        texts = list(rec["reply_text"] or [])
+        emotions = list(rec["reply_emotion"] or [None] * len(texts))
+        replies = [Reply(tuple(self.tokenize(t, "reply_text")), e or "normal") for t, e in zip(texts, emotions)]
+        if rec["mode"] == "online":
+            seq = online_sequence(self.tok, self.system_ids, n, dict(zip(rec["reply_chunk"] or [], replies)))
+        else:
+            user = self.tokenize(rec["user_text"], "user_text") if rec["user_text"] else None
+            seq = offline_sequence(self.tok, self.system_ids, list(replies[0].ids), n_used, user)
+        return {"id": rec["id"], "task": rec["mode"], "sequence": seq, "mels": mels, "features": feats,
+                "reply_text": texts, "speaker": rec.get("speaker")}
+
+    def tokenize(self, text: str, column: str) -> list[int]:
+        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        if not ids:
+            raise RowError(column, "empty_text", f"{column} {text!r} tokenizes to no tokens")
+        try:
+            self.tok.check_text_ids(ids, column)
+        except ValueError as exc:
+            raise RowError(column, "bad_text", str(exc)) from exc
+        return ids
+
+    def audio(self, rec: dict[str, Any], n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """-> (mels (C, M, 40), None) from audio, or (None, features (C, 10, E)); C = n (offline: capped)."""
+        cap = n if rec["mode"] == "online" else min(n, OFFLINE_MAX_CHUNKS)
+        if rec["features"] is not None:
+            dim = int(rec["feature_dim"])
+            arr = np.asarray(rec["features"], dtype=np.float32)
+            if dim <= 0 or arr.size != n * FRAMES_PER_CHUNK * dim:
+                raise RowError("features", "bad_features", f"{arr.size} values, expected n_chunks * "
+                               f"{FRAMES_PER_CHUNK} * feature_dim = {n * FRAMES_PER_CHUNK * max(dim, 0)}")
+            return None, torch.from_numpy(arr.reshape(n, FRAMES_PER_CHUNK, dim)[:cap])
+        if not rec["audio"]:
+            raise RowError("audio", "missing", f"n_chunks={n} but neither audio nor features is present")
+        try:
+            wav = pad_to_chunks(decode_audio(rec["audio"], SAMPLE_RATE))
+        except AudioDecodeError as exc:
+            raise RowError("audio", "bad_audio", str(exc)) from exc
+        got = len(wav) // CHUNK_SAMPLES
+        if got != n:
+            raise RowError("n_chunks", "bad_labels", f"the audio has {got} chunks but n_chunks is {n}")
+        return self.mel(wav[: cap * CHUNK_SAMPLES]), None
+
+
+def encode_system_prompt(tokenizer: Any, tok: MiniOmni3Tokens, text: str) -> list[int]:
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    tok.check_text_ids(ids, "system prompt")
+    return ids
+

@@ -1,0 +1,147 @@
+"""Streaming data: session builder (reply placement), schema errors naming file/row/column, exact index lengths,
+the datamodule on the bundled sessions (held-out voices), and precomputed features == on-the-fly encoding."""
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data.audio import encode_flac
+from data.streaming.builder import Turn, build_session, offline_row, session_row
+from data.streaming.collate import StreamingCollator
+from data.streaming.dataset import StreamingDataset, StreamingIndex
+from data.streaming.datamodule import StreamingDataModule
+from data.streaming.features import precompute
+from data.streaming.schema import SCHEMA, empty_row
+from omni.mini_omni3.tokens import MiniOmni3Tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample_streaming"
+TOKENIZER = ROOT / "omni" / "assets" / "tiny_tokenizer"
+TOK = MiniOmni3Tokens.after_vocab(512)
+SR = 16000
+
+
+def tone(seconds: float, f: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), dtype=np.float32)
+
+
+def test_reply_on_first_chunk_after_speech():
+    turns = [Turn(tone(1.0), "four", lead=silence(0.5)),           # ends 1.5 s -> chunk 3 ([1.2, 1.6))
+             Turn(tone(0.5), None, lead=silence(0.3), kind="ambient"),  # ends 2.3 s, no reply
+             Turn(tone(0.62), "urgent help", "urgent", lead=silence(0.5))]  # ends 3.42 s -> chunk 8 ([3.2, 3.6))
+    s = build_session(turns, tail=silence(0.1))
+    assert s.replies == [(3, "four", "normal"), (8, "urgent help", "urgent")]
+    assert s.turn_end_s == [1.5, 2.3, 3.42] and s.turn_kind == ["speech", "ambient", "speech"]
+    assert s.n_chunks == 9 and len(s.audio) == 9 * 6400  # 3.52 s, extended so the reply chunk 8 exists
+    for (chunk, _, _), end in zip(s.replies, (1.5, 3.42)):
+        assert 0.04 <= (chunk + 1) * 0.4 - end < 0.44
+    short = build_session([Turn(tone(1.19), "x")])  # reply chunk 3 lies past the audio: silence is appended
+    assert short.replies[0][0] == 3 and short.n_chunks == 4
+    with pytest.raises(ValueError, match="both answer chunk 2"):
+        build_session([Turn(tone(0.9), "a"), Turn(tone(0.1), "b")])
+    with pytest.raises(ValueError, match="emotion"):
+        Turn(tone(0.1), "a", "bored")
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    return path
+
+
+def good_rows() -> list[dict]:
+    s = build_session([Turn(tone(1.0), "seven", lead=silence(0.3)), Turn(tone(0.6), None, lead=silence(0.4))],
+                      tail=silence(0.6))
+    return [session_row("s0", s, encode_flac, speaker="v"),
+            offline_row("o0", "paris", encode_flac, audio=tone(0.9), user_text="hello")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+def test_index_lengths_are_exact_and_bad_rows_are_named(tmp_path, tokenizer):
+    bad = [empty_row(id="b0", mode="online", audio=b"junk", n_chunks=2, reply_chunk=[5], reply_text=["x"]),
+           empty_row(id="b1", mode="chatty", n_chunks=1),
+           empty_row(id="b2", mode="online", audio=b"junk", n_chunks=2, reply_chunk=[0], reply_text=["x"],
+                     reply_emotion=["bored"])]
+    path = write_rows(tmp_path / "d" / "s.parquet", good_rows() + bad)
+    index = StreamingIndex(str(path), tokenizer, TOK, [5, 6, 7])
+    assert len(index) == 2 and [s.reason for s in index.skipped] == ["bad_labels", "bad_mode", "bad_labels"]
+    assert [(s.row, s.column) for s in index.skipped] == [(2, "reply_chunk"), (3, "mode"), (4, "reply_emotion")]
+    ds = StreamingDataset(index, [5, 6, 7])
+    for i in range(2):
+        ex = ds[i]
+        length = int(index.lengths[i].max())
+        assert len(ex["sequence"]) == length
+    online = ds[0]["sequence"]
+    assert online.n_chunks == 8 and online.reply_chunks == [3] and ds[0]["mels"].shape == (8, 128, 40)  # 2.9 s
+    assert ds[1]["sequence"].mode == "offline" and ds[1]["mels"].shape == (3, 128, 40)
+    with pytest.raises(ValueError, match=r"s\.parquet: row 2 \(id='b0'\), column 'reply_chunk'"):
+        StreamingIndex(str(path), tokenizer, TOK, [5], strict=True)
+    # a load-time problem: the audio does not hold n_chunks chunks
+    rows = good_rows()
+    rows[0]["n_chunks"] = 10
+    rows[0]["reply_chunk"] = [9]
+    ds2 = StreamingDataset(StreamingIndex(str(write_rows(tmp_path / "e.parquet", rows)), tokenizer, TOK, [5]), [5],
+                           strict=True)
+    with pytest.raises(ValueError, match=r"e\.parquet: row 0 \(id='s0'\), column 'n_chunks': the audio has 8"):
+        ds2[0]
+    with pytest.raises(ValueError, match=r"f\.parquet: missing column 'mode'"):
+        pq.write_table(pa.Table.from_pylist([{"id": "x"}]), tmp_path / "f.parquet")
+        StreamingIndex(str(tmp_path / "f.parquet"), tokenizer, TOK, [5])
+
+
+def test_bundled_sample_datamodule():
+    dm = StreamingDataModule(train=str(SAMPLE / "train"), val=str(SAMPLE / "val"), test=str(SAMPLE / "test"),
+                             tokens={"after_vocab": 512}, tokenizer_path=str(TOKENIZER),
+                             tasks={"online": 1.0, "offline": 0.25}, max_tokens=4096, max_len=2048)
+    dm.setup()
+    assert not dm.skipped_report()["rows"]
+    speakers = {split: set() for split in ("train", "val", "test")}
+    for split in speakers:
+        idx = dm.indexes[split]
+        assert len(idx.rows_for("online")) >= 12 and len(idx.rows_for("offline")) >= 6
+        table = pq.read_table(idx.files[0], columns=["speaker", "reply_chunk", "turn_kind"])
+        speakers[split] = set(table.column("speaker").to_pylist())
+        kinds = {k for ks in table.column("turn_kind").to_pylist() if ks for k in ks}
+        assert {"question", "ambient"} <= kinds  # questions and background sounds
+    assert not speakers["train"] & (speakers["val"] | speakers["test"])  # held-out voices
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == len(batch["ids"]) and batch["audio_mels"].shape[1:] == (128, 40)
+    assert batch["audio_positions"].numel() == batch["audio_mels"].shape[0] * 10
+    assert set(batch["tasks"]) <= {"online", "offline"}
+    with pytest.raises(ValueError, match="valid tasks"):
+        StreamingDataModule(train="x", tokens={"after_vocab": 512}, tokenizer_path=str(TOKENIZER),
+                            tasks={"onlin": 1.0})
+
+
+def test_precomputed_features_match_on_the_fly(tmp_path, tokenizer):
+    from omni.mini_omni3.model import MiniOmni3, config_from_yaml
+
+    torch.manual_seed(0)
+    model = MiniOmni3(config_from_yaml(str(ROOT / "conf" / "model" / "mini_omni3_tiny.yaml"))).eval()
+    src = write_rows(tmp_path / "raw" / "s.parquet", good_rows())
+    out = precompute(str(src.parent), str(tmp_path / "feats"), model.audio_encoder, 128, drop_audio=True)
+    table = pq.read_table(out[0])
+    assert table.column("audio").to_pylist() == [None, None] and table.column("feature_dim").to_pylist() == [64, 64]
+    sys_ids = [5, 6]
+    batches = []
+    for folder in (src.parent, tmp_path / "feats"):
+        ds = StreamingDataset(StreamingIndex(str(folder), tokenizer, TOK, sys_ids), sys_ids)
+        batches.append(StreamingCollator(TOK)([ds[0], ds[1]]))
+    assert batches[0]["audio_features"] is None and batches[1]["audio_mels"] is None
+    with torch.no_grad():
+        a, b = model(batches[0]), model(batches[1])
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=2e-3, atol=2e-3)  # float16 storage
