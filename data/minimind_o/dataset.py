@@ -14,7 +14,6 @@ pixel_values, speaker_emb, answer_text, file, row} or a `Skipped` marker.
 """
 from __future__ import annotations
 
-import io
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,12 +22,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from data.audio import AudioDecodeError, decode_audio
-from data.dataset import Skipped, expand_paths
+from data.audio import AudioDecodeError, audio_duration, decode_audio
+from data.dataset import RowIndex, Skipped, expand_paths
 from data.minimind_o.schema import TASKS, first_image, parse_conversation, validate_schema
 from omni.minimind_o.encoders import AUDIO_SR, MEL_HOP, AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.layout import (
@@ -203,27 +201,20 @@ def _first_image_only(msgs: list[dict]) -> list[dict]:
 
 def header_samples(data: bytes) -> int:
     """16 kHz samples of an encoded clip from its header only (what decode_audio would return)."""
-    if not data:
-        raise AudioDecodeError("empty audio bytes")
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception as exc:
-        raise AudioDecodeError(f"cannot read audio header ({len(data)} bytes): {exc}") from exc
-    if info.frames <= 0:
-        raise AudioDecodeError(f"audio has no samples ({len(data)} bytes)")
-    return int(round(info.frames * AUDIO_SR / info.samplerate))
+    return int(round(audio_duration(data) * AUDIO_SR))
 
 
 def row_id(rec: dict[str, Any], path: str, row: int) -> str:
     return str(rec.get("id") or f"{os.path.splitext(os.path.basename(path))[0]}:{row}")
 
 
-class MiniMindOIndex:
+class MiniMindOIndex(RowIndex):
     """Per-row metadata of every kept row across `paths` (n = kept rows): shard, group, row_in_group, row_in_file,
     group_id (n,) int32; task_mask (n,) uint8 over `task_order`; lengths (n, 3) int32 exact sequence lengths
     (+ `margin` for training augmentations; 0 where the task is not served). Skipped rows: `skipped`."""
 
     task_order: tuple[str, ...] = TASKS
+    family = "MiniMind-O"
 
     def __init__(self, paths: Any, reader: RowReader, *, strict: bool = False, margin: int = 0) -> None:
         self.files = expand_paths(paths)
@@ -265,19 +256,6 @@ class MiniMindOIndex:
             self.skipped.append(Skipped(path, row, row_id(rec, path, row), err.column, err.reason, err.detail))
             return "", 0
 
-    def __len__(self) -> int:
-        return len(self.task_mask)
-
-    def tasks_of(self, i: int) -> list[str]:
-        return [t for b, t in enumerate(self.task_order) if int(self.task_mask[i]) >> b & 1]
-
-    def rows_for(self, task: str) -> np.ndarray:
-        if task not in self.task_order:
-            raise ValueError(f"unknown MiniMind-O task {task!r}; valid: {list(self.task_order)}")
-        return np.flatnonzero(self.task_mask & (1 << self.task_order.index(task)))
-
-    def location(self, i: int) -> tuple[str, int, int, int]:
-        return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
 
 
 class MiniMindODataset(Dataset):
