@@ -37,7 +37,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -381,17 +381,27 @@ def prepare_manifest(
     strict: bool = False,
 ) -> Report:
     """Manifest (+ audio folder) -> OUT/shard-*.parquet and OUT/skipped.json. See the module docstring."""
-    report = Report(source=manifest)
     encode_answer = AnswerEncoder(codec, codec_arch, codec_seed)
+    return write_manifest(manifest, out, lambda rec, line_no: manifest_row(rec, line_no, manifest, audio_root,
+                                                                           encode_answer),
+                          shard_rows=shard_rows, row_group_rows=row_group_rows, strict=strict)
+
+
+def write_manifest(manifest: str, out: str, to_row: Callable[[dict, int], dict], *, shard_rows: int = 500,
+                   row_group_rows: int = 64, strict: bool = False, schema: pa.Schema | None = None) -> Report:
+    """The manifest loop every family's preparation shares: each record -> `to_row(record, line_no)` (RowError for
+    a bad one); duplicate ids are rejected; bad rows are skipped and counted (strict: the first one stops the run
+    naming manifest, line and field). Writes OUT/shard-*.parquet (`schema`, default WRITE_SCHEMA) + skipped.json."""
+    report = Report(source=manifest)
     seen: set[str] = set()
-    with ShardWriter(out, shard_rows, row_group_rows) as writer:
+    with ShardWriter(out, shard_rows, row_group_rows, schema=schema or WRITE_SCHEMA) as writer:
         for line_no, rec in iter_manifest(manifest):
             where, loc = f"{manifest}:{line_no}", {"line": line_no}
             rid = rec.get("id") if isinstance(rec, dict) else None
             try:
                 if isinstance(rec, RowError):
                     raise rec
-                row = manifest_row(rec, line_no, manifest, audio_root, encode_answer)
+                row = to_row(rec, line_no)
                 if row["id"] in seen:
                     raise RowError("id", f"duplicate id {row['id']!r}")
             except RowError as err:

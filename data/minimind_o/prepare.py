@@ -31,8 +31,7 @@ from typing import Any
 from data.audio import AudioDecodeError, decode_audio
 from data.minimind_o.schema import WRITE_SCHEMA, parse_conversation
 from data.prepare import (
-    PrepareError, Report, RowError, ShardWriter, _handle_bad, _read_file, _resolve, image_bytes, iter_manifest,
-    question_audio_flac, write_report,
+    PrepareError, Report, RowError, _read_file, _resolve, image_bytes, question_audio_flac, write_manifest,
 )
 from omni.minimind_o.layout import frames_to_flat
 
@@ -126,28 +125,9 @@ def prepare_manifest(manifest: str, audio_root: str, out: str, codec: str | None
                      codec_seed: int = 0, speaker_model: str | None = None, shard_rows: int = 500,
                      row_group_rows: int = 64, strict: bool = False) -> Report:
     """Manifest (+ audio folder) -> OUT/shard-*.parquet (released schema) and OUT/skipped.json."""
-    report = Report(source=manifest)
     enc = Encoders(codec, codec_arch, codec_seed, speaker_model)
-    seen: set[str] = set()
-    with ShardWriter(out, shard_rows, row_group_rows, schema=WRITE_SCHEMA) as writer:
-        for line_no, rec in iter_manifest(manifest):
-            where, loc = f"{manifest}:{line_no}", {"line": line_no}
-            rid = rec.get("id") if isinstance(rec, dict) else None
-            try:
-                if isinstance(rec, RowError):
-                    raise rec
-                row = manifest_row(rec, line_no, manifest, audio_root, enc)
-                if row["id"] in seen:
-                    raise RowError("id", f"duplicate id {row['id']!r}")
-            except RowError as err:
-                _handle_bad(report, strict, where, loc, rid, err)
-                continue
-            seen.add(row["id"])
-            writer.add(row)
-        report.shards = writer.close()
-        report.n_written = writer.n_rows
-    write_report(out, report)
-    return report
+    return write_manifest(manifest, out, lambda rec, line_no: manifest_row(rec, line_no, manifest, audio_root, enc),
+                          shard_rows=shard_rows, row_group_rows=row_group_rows, strict=strict, schema=WRITE_SCHEMA)
 
 
 def build_parser() -> argparse.ArgumentParser:
