@@ -60,6 +60,12 @@ TASK_REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _present(has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool, has_image: bool) -> dict[str, bool]:
+    """Field name -> present, for the TASK_REQUIREMENTS fields."""
+    return {"question_audio": has_audio, "question_text": has_qtext, "answer_text": has_atext,
+            "answer_codes": has_codes, "image": has_image}
+
+
 def eligible_tasks(task: str | None, has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool,
                    has_image: bool = False) -> list[str]:
     """Tasks a row can serve: all tasks whose required fields are present, restricted to `task` when set.
@@ -68,13 +74,7 @@ def eligible_tasks(task: str | None, has_audio: bool, has_qtext: bool, has_atext
     """
     if task is not None and task not in TASK_REQUIREMENTS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(TASK_REQUIREMENTS)}")
-    present = {
-        "question_audio": has_audio,
-        "question_text": has_qtext,
-        "answer_text": has_atext,
-        "answer_codes": has_codes,
-        "image": has_image,
-    }
+    present = _present(has_audio, has_qtext, has_atext, has_codes, has_image)
     candidates = [task] if task is not None else list(TASK_REQUIREMENTS)
     return [t for t in candidates if all(present[f] for f in TASK_REQUIREMENTS[t])]
 
@@ -82,13 +82,7 @@ def eligible_tasks(task: str | None, has_audio: bool, has_qtext: bool, has_atext
 def missing_fields(task: str, has_audio: bool, has_qtext: bool, has_atext: bool, has_codes: bool,
                    has_image: bool = False) -> list[str]:
     """The fields `task` needs that the row lacks (for error messages)."""
-    present = {
-        "question_audio": has_audio,
-        "question_text": has_qtext,
-        "answer_text": has_atext,
-        "answer_codes": has_codes,
-        "image": has_image,
-    }
+    present = _present(has_audio, has_qtext, has_atext, has_codes, has_image)
     return [f for f in TASK_REQUIREMENTS[task] if not present[f]]
 
 
