@@ -13,6 +13,9 @@ Batch legend (B batch items, L longest sequence in the batch, B_a items with aud
 | audio_index    | (B_a,) long               | batch item each mel window belongs to                                |
 | audio_start    | (B_a,) long               | first position receiving encoder features (1: after INPUT_A)         |
 | audio_len      | (B_a,) long               | T, encoder frames injected at [audio_start, audio_start + T)         |
+| audio_text     | (B_a, S) long             | transcript token ids of each audio item (question_text, for the      |
+|                |                           | auxiliary CTC loss), right-padded with 0                             |
+| audio_text_len | (B_a,) long               | S_i, transcript length; 0 where the row has no question_text         |
 | image_pixels   | (B_i, 3, H, W) float32    | vision-tower pixels of the image items (Mini-Omni2), or None         |
 | image_index    | (B_i,) long               | batch item each image belongs to                                     |
 | image_start    | (B_i,) long               | first position receiving image features (1: after IMAGE)             |
@@ -54,6 +57,7 @@ class MiniOmniCollator:
             audio_index=torch.tensor([i for i, _, _ in audio], dtype=torch.long),
             audio_start=torch.tensor([lay.audio_start for _, _, lay in audio], dtype=torch.long),
             audio_len=torch.tensor([lay.audio_len for _, _, lay in audio], dtype=torch.long),
+            **self.transcripts([x.get("transcript_ids") for _, x, _ in audio]),
             **self.images(examples, layouts),
             prompt_len=torch.tensor([lay.prompt_len for lay in layouts], dtype=torch.long),
             tasks=[x["task"] for x in examples],
@@ -74,6 +78,16 @@ class MiniOmniCollator:
             answer_codes=example.get("answer_codes"),
             n_image_tokens=self.n_image_tokens,
         )
+
+    @staticmethod
+    def transcripts(ids: list[list[int] | None]) -> dict[str, torch.Tensor]:
+        """audio_text (B_a, S) right-padded with 0 and audio_text_len (B_a,) (0 = no transcript)."""
+        lens = [len(x or ()) for x in ids]
+        text = torch.zeros(len(ids), max(lens, default=0), dtype=torch.long)
+        for i, x in enumerate(ids):
+            if x:
+                text[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        return {"audio_text": text, "audio_text_len": torch.tensor(lens, dtype=torch.long)}
 
     @staticmethod
     def images(examples: list[dict[str, Any]], layouts: list) -> dict[str, Any]:

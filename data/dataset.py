@@ -328,7 +328,8 @@ class OmniDataset(Dataset):
         return table
 
     def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
-        """(row, task) -> example dict (keys: id, task, question_ids, mels, n_audio_frames, answer_ids, answer_codes,
+        """(row, task) -> example dict (keys: id, task, question_ids, mels, n_audio_frames, transcript_ids, answer_ids,
+        answer_codes,
         answer_text, question_text, speaker, file, row) or `Skipped` for a bad row (strict: ValueError)."""
         row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
         row = int(row)
@@ -364,8 +365,12 @@ class OmniDataset(Dataset):
         answer_ids = self._tokenize(rec["question_text"], "question_text") if task == "asr" \
             else self._tokenize(rec["answer_text"], "answer_text")
         codes = self._codes(rec["answer_codes"], rec["n_frames"]) if "answer_codes" in needs else None
+        # the question's transcript for audio input (auxiliary CTC targets; None when the row has no question_text)
+        transcript_ids = list(self.tokenizer.encode(rec["question_text"], add_special_tokens=False)) \
+            if task in AUDIO_IN and rec.get("question_text") else None
         return {
             "id": rec["id"], "task": task, "question_ids": question_ids, "mels": mels, "n_audio_frames": n_audio,
+            "transcript_ids": transcript_ids,
             "answer_ids": answer_ids, "answer_codes": codes, "answer_text": rec["answer_text"],
             "question_text": rec["question_text"], "speaker": rec["speaker"], "pixels": pixels,
         }

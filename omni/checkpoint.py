@@ -55,8 +55,12 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
                              "or omni_config.json from an export)")
         log.info("initialised model from folder %s", path)
         return
+    from omni.mini_omni.model import AUX_PREFIXES
+
     state = model_state_dict(read_checkpoint(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
+    # a training-only head (e.g. the CTC head) may be on either side: it starts fresh or is dropped
+    missing, unexpected = ([k for k in keys if not k.startswith(AUX_PREFIXES)] for keys in (missing, unexpected))
     if strict and (missing or unexpected):
         raise RuntimeError(f"{path}: checkpoint does not fit the model; missing={missing[:8]} "
                            f"unexpected={unexpected[:8]}")

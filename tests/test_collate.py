@@ -49,6 +49,14 @@ def test_two_item_batch_is_padded_per_row_with_ignore_targets():
     assert batch["skipped"] == [bad.as_dict()] and batch["skipped"][0]["row"] == 3
 
 
+def test_transcripts_of_audio_items_are_padded_for_the_ctc_loss():
+    second = {**asr_example(), "id": "c", "transcript_ids": None}  # a row with no question_text
+    batch = MiniOmniCollator(TOK)([{**asr_example(), "transcript_ids": [3, 4, 5]}, t1a2_example(), second])
+    assert batch["audio_index"].tolist() == [0, 2]
+    assert batch["audio_text"].tolist() == [[3, 4, 5], [0, 0, 0]] and batch["audio_text_len"].tolist() == [3, 0]
+    assert MiniOmniCollator(TOK)([t1a2_example()])["audio_text"].shape == (0, 0)
+
+
 def test_text_only_and_empty_batches():
     batch = MiniOmniCollator(TOK)([t1a2_example()])
     assert batch["audio_mels"] is None and batch["audio_index"].numel() == 0

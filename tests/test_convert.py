@@ -304,6 +304,25 @@ def test_hf_export_load_exact(imported, tmp_path):
     assert torch.equal(our_row_logits(imported, ids, feats)[1], our_row_logits(loaded, ids, feats)[1])
 
 
+def test_ctc_head_round_trips_through_hf_and_starts_fresh_from_a_release(lit_dir, imported, tmp_path):
+    """The training-only CTC head (model.ctc_weight > 0): a released folder has none (the head keeps its init),
+    our HF export carries it, a train.py checkpoint of either kind loads into the other."""
+    from omni.checkpoint import load_model_weights
+
+    torch.manual_seed(1)  # as `imported`: the same random audio encoder (the head is built last)
+    model = MiniOmni(dataclasses.replace(imported.cfg, ctc_weight=0.3)).eval()
+    head = model.audio_ctc.weight.detach().clone()
+    load_model_weights(model, lit_dir)  # released litgpt folder
+    assert torch.equal(model.audio_ctc.weight, head)
+    assert_state_equal(imported.state_dict(), {k: v for k, v in model.state_dict().items() if "audio_ctc" not in k})
+    export_hf(model, tmp_path / "hf")
+    assert_state_equal(model.state_dict(), load_hf(tmp_path / "hf").state_dict())
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ctc.ckpt")
+    plain = MiniOmni(imported.cfg)
+    load_model_weights(plain, tmp_path / "ctc.ckpt")  # strict, but the aux head is dropped
+    assert_state_equal(imported.state_dict(), plain.state_dict())
+
+
 class _Pwned:
     """Pickles to a call that would create `marker` when unpickled without weights_only."""
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from omni.mini_omni.model import MiniOmni, MiniOmniConfig
+from omni.mini_omni.model import AUX_PREFIXES, MiniOmni, MiniOmniConfig
 from omni.mini_omni.tokens import MiniOmniTokens
 
 log = logging.getLogger(__name__)
@@ -513,7 +513,10 @@ def load_omni_state(model: MiniOmni, state: dict[str, torch.Tensor], source: str
     wrong = {k: (tuple(v.shape), tuple(ours[k].shape)) for k, v in state.items()
              if k in ours and tuple(v.shape) != tuple(ours[k].shape)}
     unexpected = sorted(set(state) - set(ours))
-    missing = sorted(k for k in set(ours) - set(state) if not k.startswith(("audio_encoder.", "vision_encoder.")))
+    missing = sorted(k for k in set(ours) - set(state)
+                     if not k.startswith(("audio_encoder.", "vision_encoder.") + AUX_PREFIXES))
+    unexpected = [k for k in unexpected if not k.startswith(AUX_PREFIXES)]
+    state = {k: v for k, v in state.items() if k in ours}
     if wrong or missing or unexpected:
         raise ValueError(f"{source} does not fit the model: wrong_shape(checkpoint, model)={wrong} "
                          f"missing={missing} unexpected={unexpected}")
@@ -558,8 +561,8 @@ def token_table(tok: MiniOmniTokens) -> dict[str, Any]:
 
 def export_hf(model: MiniOmni, folder: str | Path, *, include_encoder: bool | None = None) -> Path:
     """Write `backbone/` (save_pretrained, safetensors; tokenizer files too when known), omni_extra.safetensors
-    (audio_adapter.*, vision_adapter.*, tts_adapter.*, plus audio_encoder.* when `include_encoder` - default: when
-    the model has no whisper_path - and vision_encoder.* when the model has no vision_path)
+    (audio_adapter.*, vision_adapter.*, tts_adapter.*, audio_ctc.*, plus audio_encoder.* when `include_encoder` -
+    default: when the model has no whisper_path - and vision_encoder.* when the model has no vision_path)
     and omni_config.json. Paths inside the folder are stored relative to it."""
     from safetensors.torch import save_file
 
@@ -570,7 +573,8 @@ def export_hf(model: MiniOmni, folder: str | Path, *, include_encoder: bool | No
     has_tok = _copy_tokenizer(cfg.tokenizer_path, folder / HF_BACKBONE)
     if include_encoder is None:
         include_encoder = cfg.whisper_path is None
-    prefixes = ("audio_adapter.", "vision_adapter.", "tts_adapter.") + (("audio_encoder.",) if include_encoder else ())
+    prefixes = ("audio_adapter.", "vision_adapter.", "tts_adapter.") + AUX_PREFIXES + \
+        (("audio_encoder.",) if include_encoder else ())
     if cfg.has_vision and cfg.vision_path is None:
         prefixes += ("vision_encoder.",)  # random / trained tower with no folder to come back from
     extra = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}

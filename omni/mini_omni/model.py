@@ -18,6 +18,10 @@ from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
 from omni.mini_omni.vision import VisionTower, check_arch, n_image_tokens
 
 
+# training-only heads: a released or exported model may lack them (they start fresh) or carry them (dropped)
+AUX_PREFIXES = ("audio_ctc.",)
+
+
 @dataclass
 class MiniOmniConfig:
     """Architecture truth for one Mini-Omni model. `backbone` / `whisper` are transformers config kwargs used for
@@ -42,6 +46,10 @@ class MiniOmniConfig:
     tts_adapter: dict[str, Any] | None = None
     text_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
+    # Auxiliary CTC loss on the audio adapter's outputs against the question transcript (hybrid CTC/attention,
+    # Watanabe et al. 2017): a training-only head `audio_ctc` (D -> text vocab + blank) that teaches the encoder
+    # token-aligned features long before the LLM finds them by attention. 0 = off (no head; the release has none).
+    ctc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.tokens, dict):
@@ -57,6 +65,8 @@ class MiniOmniConfig:
             unknown = set(self.tts_adapter) - {"n_layers"}
             if unknown or int(self.tts_adapter.get("n_layers", 0)) < 1:
                 raise ValueError(f"model.tts_adapter must be {{n_layers: >= 1}} or null, got {self.tts_adapter}")
+        if not 0.0 <= float(self.ctc_weight):
+            raise ValueError(f"model.ctc_weight must be >= 0 (0 = off), got {self.ctc_weight}")
         for key in ("vocab_size", "tie_word_embeddings"):
             if key in self.backbone:
                 raise ValueError(f"model.backbone.{key} is derived from model.tokens; remove it from the config")
@@ -183,6 +193,8 @@ class MiniOmni(nn.Module):
             self.vision_adapter = SwiGLUAdapter(self.vision_encoder.feature_dim, cfg.vision_adapter_hidden, d_model)
         self.tts_adapter = TTSAdapter(self.backbone.config, int(cfg.tts_adapter["n_layers"]), cfg.tokens) \
             if cfg.tts_adapter else None
+        # training-only auxiliary head (see MiniOmniConfig.ctc_weight); blank = the last class
+        self.audio_ctc = nn.Linear(d_model, cfg.tokens.text_vocab + 1) if cfg.ctc_weight > 0 else None
         self.register_buffer("row_offsets", cfg.tokens.row_offsets(), persistent=False)
 
     # -- pieces ------------------------------------------------------------------------------------------------
@@ -275,7 +287,23 @@ class MiniOmni(nn.Module):
         h_audio = None
         if self.tts_adapter is not None and bool((targets[:, : self.tokens.n_audio_layers] != IGNORE).any()):
             h_audio = self.audio_hidden(h, attention_mask=batch["attention_mask"])
-        return self.loss_from_hidden(h, targets, h_audio)
+        out = self.loss_from_hidden(h, targets, h_audio)
+        if self.audio_ctc is not None and audio is not None and batch.get("audio_text_len") is not None:
+            loss_ctc = self.ctc_loss(audio, batch["audio_len"], batch["audio_text"], batch["audio_text_len"])
+            out["loss"] = out["loss"] + self.cfg.ctc_weight * loss_ctc
+            out["metrics"] = {"loss_ctc": loss_ctc.detach()}  # logged as {split}/loss_ctc
+        return out
+
+    def ctc_loss(self, audio: torch.Tensor, audio_len: torch.Tensor, text: torch.Tensor,
+                 text_len: torch.Tensor) -> torch.Tensor:
+        """Mean per-token CTC loss of the adapter outputs audio (B_a, T_max, D) over their audio_len frames against
+        the transcripts text (B_a, S) of text_len tokens (items with text_len 0 carry no transcript: left out)."""
+        keep = text_len > 0
+        if not bool(keep.any()):
+            return audio.new_zeros((), dtype=torch.float32)
+        logp = self.audio_ctc(audio[keep]).float().log_softmax(-1).transpose(0, 1)  # (T_max, B_c, V + 1)
+        return F.ctc_loss(logp, text[keep], audio_len[keep], text_len[keep], blank=self.tokens.text_vocab,
+                          reduction="mean", zero_infinity=True)
 
     def loss_from_hidden(self, h: torch.Tensor, targets: torch.Tensor,
                          h_audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
