@@ -158,7 +158,30 @@ def test_ctc_head_learns_to_read_two_utterances(tiny_model_cfg):
         best = model.audio_ctc(model.encode_audio(batch["audio_mels"])).argmax(-1)  # (2, T)
     decoded = [[int(t) for j, t in enumerate(row[:20]) if t != model.tokens.text_vocab and (j == 0 or t != row[j - 1])]
                for row in best]
-    assert float(loss) < first / 4 and decoded == truth
+    assert float(loss.detach()) < first / 4 and decoded == truth
+
+
+def test_utterance_norm_whitens_speech_frames_of_each_bin(tiny_model_cfg):
+    from omni.mini_omni.model import utterance_norm
+
+    g = torch.Generator().manual_seed(0)
+    mels = torch.full((2, 80, 300), -0.5)  # Whisper pads with the item's floor (max - 8, scaled)
+    mels[:, :, :100] = (torch.randn(2, 80, 100, generator=g) * 0.3 + 0.2).clamp(min=-0.5)
+    mels[1] = mels[0] * 2 + 1  # the same speech in another "voice": another scale and offset
+    out = utterance_norm(mels)
+    speech = out[:, :, :100]
+    torch.testing.assert_close(speech.mean(2), torch.zeros(2, 80), atol=1e-5, rtol=0)
+    torch.testing.assert_close(speech.std(2, unbiased=False), torch.ones(2, 80), atol=1e-2, rtol=0)
+    torch.testing.assert_close(out[0, :, :100], out[1, :, :100], atol=5e-2, rtol=0)  # scale / offset removed
+    assert bool((out[:, :, 100:] == out[:, :, 100:101]).all())  # padding: one value per bin
+    model = MiniOmni(dataclasses.replace(tiny_model_cfg, audio_norm="utterance")).eval()
+    ref = MiniOmni(tiny_model_cfg).eval()
+    ref.load_state_dict(model.state_dict())
+    small = torch.randn(1, 80, 100, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_audio(small), ref.encode_audio(utterance_norm(small)))
+    with pytest.raises(ValueError, match="audio_norm"):
+        dataclasses.replace(tiny_model_cfg, audio_norm="global")
 
 
 def test_sampling_is_seeded():

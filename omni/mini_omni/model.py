@@ -18,6 +18,20 @@ from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
 from omni.mini_omni.vision import VisionTower, check_arch, n_image_tokens
 
 
+AUDIO_NORMS = (None, "utterance")
+
+
+def utterance_norm(mels: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """(B, n_mels, F) Whisper log-mel -> per-item, per-bin mean / variance normalised over the speech frames (frames
+    with any bin above the item's floor, i.e. not Whisper's padding); padding frames get the same affine map."""
+    floor = mels.amin(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    speech = (mels > floor + eps).any(dim=1, keepdim=True).to(mels.dtype)  # (B, 1, F)
+    n = speech.sum(dim=2, keepdim=True).clamp(min=1)
+    mean = (mels * speech).sum(dim=2, keepdim=True) / n  # (B, n_mels, 1)
+    var = ((mels - mean) ** 2 * speech).sum(dim=2, keepdim=True) / n
+    return (mels - mean) / (var + eps).sqrt()
+
+
 # training-only heads: a released or exported model may lack them (they start fresh) or carry them (dropped)
 AUX_PREFIXES = ("audio_ctc.",)
 
@@ -50,6 +64,10 @@ class MiniOmniConfig:
     # Watanabe et al. 2017): a training-only head `audio_ctc` (D -> text vocab + blank) that teaches the encoder
     # token-aligned features long before the LLM finds them by attention. 0 = off (no head; the release has none).
     ctc_weight: float = 0.0
+    # Input normalisation of the log-mel before the encoder: None (Whisper's features as they are: the release) or
+    # "utterance" (per-utterance mean / variance normalisation of each mel bin over the speech frames, CMVN: removes
+    # the long-term spectrum that voices and channels add; for encoders trained from scratch).
+    audio_norm: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tokens, dict):
@@ -65,6 +83,8 @@ class MiniOmniConfig:
             unknown = set(self.tts_adapter) - {"n_layers"}
             if unknown or int(self.tts_adapter.get("n_layers", 0)) < 1:
                 raise ValueError(f"model.tts_adapter must be {{n_layers: >= 1}} or null, got {self.tts_adapter}")
+        if self.audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"model.audio_norm={self.audio_norm!r} is not one of {list(AUDIO_NORMS)}")
         if not 0.0 <= float(self.ctc_weight):
             raise ValueError(f"model.ctc_weight must be >= 0 (0 = off), got {self.ctc_weight}")
         for key in ("vocab_size", "tie_word_embeddings"):
@@ -204,6 +224,8 @@ class MiniOmni(nn.Module):
 
     def encode_audio(self, mels: torch.Tensor) -> torch.Tensor:
         """(B_a, n_mels, F) padded mel windows -> (B_a, T_max, D) adapter outputs."""
+        if self.cfg.audio_norm == "utterance":
+            mels = utterance_norm(mels)
         feats = self.audio_encoder(input_features=mels).last_hidden_state  # (B_a, T_max, E)
         return self.audio_adapter(feats)
 
