@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE_FIELD = {"asr": "question_text", "a1t2": "answer_text", "a1a2": "answer_text", "t1t2": "answer_text",
                    "t1a2": "answer_text"}
+REFERENCE_FIELD.update({"t2a": "answer_text", "a2a": "answer_text", "i2t": "answer_text"})  # MiniMind-O
 
 
 class TextMetricsCallback(Callback):

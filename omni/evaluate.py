@@ -52,9 +52,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from callbacks.speech.report import write_report
     from callbacks.speech.sample import split_speakers
     from callbacks.speech.scoring import score_speech
-    from omni.families import load_tokenizer, make_inference
+    from omni.families import eval_tasks, load_tokenizer, make_inference
     from omni.mini_omni.generate import SamplingConfig
-    from omni.mini_omni.layout import task_spec
 
     configure_environment()
     if cfg.get("mode", "split") == "session":  # Mini-Omni3: replay `wav` through a streaming session
@@ -63,12 +62,14 @@ def evaluate(cfg: DictConfig) -> dict:
         return replay_file(cfg.ckpt, cfg.wav, OmegaConf.to_container(cfg.session), cfg.out_dir)
     if cfg.get("mode", "split") != "split":
         raise ValueError(f"eval mode={cfg.mode!r}; valid: ['split', 'session']")
-    unknown = sorted(set(cfg.tasks) - set(REFERENCE_FIELD))
-    if unknown:
-        raise ValueError(f"eval tasks {unknown} are not evaluable; valid: {sorted(REFERENCE_FIELD)}")
     scorers = build_scorers(cfg.get("speech"))
     model, run_cfg = load_for_eval(cfg.ckpt)
     infer = make_inference(model, load_tokenizer(model.cfg.tokenizer_path))
+    speaks = eval_tasks(infer)  # {task: spoken answer} of this checkpoint's family
+    unknown = [task for task in cfg.tasks if task not in speaks]
+    if unknown:
+        raise ValueError(f"eval tasks {unknown} are not tasks of this {type(model).__name__} checkpoint; valid: "
+                         f"{sorted(speaks)} (e.g. tasks=[{','.join(sorted(speaks))}])")
     datamodule = build_datamodule(run_cfg, cfg)
     sampling = SamplingConfig(**cfg.sampling)
     out_dir = Path(cfg.out_dir)
@@ -79,13 +80,14 @@ def evaluate(cfg: DictConfig) -> dict:
     for task in cfg.tasks:
         examples = datamodule.examples(cfg.split, task, limit)
         t0 = time.perf_counter()
-        if task_spec(task).audio_out:
-            producer = producer or speech_producer(
-                infer, codec_path=cfg.codec.path, codec_arch=cfg.codec.arch, codec_seed=cfg.codec.seed,
-                stride=cfg.stream_stride, batch_parallel=cfg.batch_parallel)
+        if speaks[task]:
+            codec = {"codec_path": cfg.codec.path, "codec_arch": cfg.codec.arch, "codec_seed": cfg.codec.seed}
+            producer = producer or speech_producer(  # codec.arch null: the family's default codec
+                infer, **{k: v for k, v in codec.items() if v is not None}, stride=cfg.stream_stride,
+                batch_parallel=cfg.batch_parallel)
             samples = list(producer.speech_samples(examples, task, sampling))
             generated = time.perf_counter() - t0
-            if train_speakers is None:
+            if train_speakers is None and any(s.seen is None for s in samples):  # producers may decide `seen`
                 train_speakers = split_speakers(run_cfg["data"].get("train"))
             speech, per_sample = score_speech(samples, train_speakers=train_speakers, **scorers)
             task_rows = [speech_row(s, per_sample.get(s.id, {}), out_dir / "wav" / f"{task}-{s.id}.wav")

@@ -9,9 +9,12 @@ from omni.mini_omni.infer import MiniOmniInference
 from omni.mini_omni.model import MiniOmni
 from omni.mini_omni3.model import MiniOmni3
 from omni.mini_omni3.session import MiniOmni3Inference
+from omni.minimind_o.infer import MiniMindOInference
+from omni.minimind_o.model import MiniMindO
 
 INFERENCE = {MiniOmni: MiniOmniInference}
 INFERENCE[MiniOmni3] = MiniOmni3Inference  # streaming sessions (omni/mini_omni3/session.py)
+INFERENCE[MiniMindO] = MiniMindOInference  # Thinker text + Talker speech (omni/minimind_o/infer.py)
 
 
 def make_inference(model: nn.Module, tokenizer: Any):
@@ -27,3 +30,18 @@ def load_tokenizer(path: str | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def eval_tasks(infer: Any) -> dict[str, bool]:
+    """{task: its answer is spoken} that eval.py / the text-metrics callback can score with this inference
+    helper: its `TASKS` table (MiniMind-O), or Mini-Omni's tasks that have a text reference."""
+    tasks = getattr(infer, "TASKS", None)
+    if tasks is not None:
+        return dict(tasks)
+    if isinstance(infer, MiniOmniInference):
+        from callbacks.text_metrics import REFERENCE_FIELD
+        from omni.mini_omni.layout import TASKS
+
+        return {task: spec.audio_out for task, spec in TASKS.items() if task in REFERENCE_FIELD}
+    raise ValueError(f"{type(infer).__name__} has no tasks to score on a data split"
+                     + (" (Mini-Omni3: eval.py mode=session)" if isinstance(infer, MiniOmni3Inference) else ""))

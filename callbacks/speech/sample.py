@@ -9,7 +9,7 @@ Protocol (how a model family plugs into speech evaluation, in the training callb
 - `infer` is what `omni.families.make_inference(model, tokenizer)` returns (the object `OmniModule.inference()`
   caches). If it has a method `speech_samples(examples, task, sampling)` it IS the producer; otherwise an adapter
   registered with `register_producer(InferenceClass, factory)` wraps it (`factory(infer, **options)`), as
-  `MiniOmniSpeech` does for `MiniOmniInference` without changing it.
+  `MiniOmniSpeech` does for `MiniOmniInference` without changing it (MiniMind-O: `MiniMindOSpeech`).
 - `examples` are the dicts of `datamodule.examples(split, task, n)`; `task` is the family's task name (e.g. a1a2,
   t1a2 for Mini-Omni; t2a / a2a for a Thinker-Talker family); `sampling` is the family's sampling config or a
   plain dict {temperature, top_k, max_new_tokens, seed} (what the training callbacks pass) to convert into it.
@@ -79,6 +79,12 @@ def _register_builtin() -> None:
     from callbacks.speech.mini_omni import MiniOmniSpeech
 
     _PRODUCERS.setdefault(MiniOmniInference, MiniOmniSpeech)
+
+    from omni.minimind_o.infer import MiniMindOInference
+
+    from callbacks.speech.minimind_o import MiniMindOSpeech
+
+    _PRODUCERS.setdefault(MiniMindOInference, MiniMindOSpeech)
 
 
 def speech_producer(infer: Any, **options: Any) -> SpeechProducer:

@@ -3,22 +3,28 @@
 It reuses `data.datamodule.OmniDataModule`'s loaders unchanged (TokenBudgetBatchSampler with length bucketing and
 rank sharding, ResumableDataLoader with its resume bookkeeping, skip reports, `examples()`); only the index,
 dataset and collator are MiniMind-O's. Tasks: {t2a, a2a, i2t} weights. Training augmentations (`augment`) apply
-to the train split only.
+to the train split only. `examples()` (text metrics, eval.py) adds what evaluation reports: the question text and
+the answer voice (`voice_id`) with whether the train split has it.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from lightning.pytorch import LightningDataModule
 
 from data.datamodule import OmniDataModule
 from data.minimind_o.collate import MiniMindOCollator
-from data.minimind_o.dataset import MiniMindODataset, MiniMindOIndex, RowReader
+from data.dataset import expand_paths
+from data.minimind_o.dataset import MiniMindODataset, MiniMindOIndex, RowReader, header_samples
 from data.minimind_o.schema import TASKS
 from data.sampler import resolve_task_weights
 from omni.minimind_o.encoders import AudioEncoderSpec, VisionEncoderSpec
-from omni.minimind_o.layout import Augment
+from omni.minimind_o.layout import IMAGE_PLACEHOLDER, Augment
 from omni.minimind_o.tokens import MiniMindOTokens
 
 
@@ -74,6 +80,8 @@ class MiniMindODataModule(OmniDataModule):
         self._tokenizer: Any = None
         self._train_loader = None
         self._pending_train_state = None
+        self._train_voices: set[str] | None = None
+        self._positions: dict[str, dict[tuple[str, int], int]] = {}
 
     def _build(self, split: str) -> None:
         if self._tokenizer is None:
@@ -94,3 +102,69 @@ class MiniMindODataModule(OmniDataModule):
     @property
     def window_s(self) -> float:  # OmniDataModule API
         return self.audio_spec.window_s
+
+    def examples(self, split: str, task: str, n: int) -> list[dict[str, Any]]:
+        """`OmniDataModule.examples` (the first `n` loadable rows of `split` for `task`) plus `question_text` (the
+        target's user turn: the transcript for A2A, `<image>` removed for I2T), `voice` (the answer voice,
+        `voice_id`) and `voice_seen` (that voice in the train split; None without train data). Rows are never
+        augmented, in the train split too."""
+        dataset = self._dataset(split)
+        augment, dataset.augment = dataset.augment, None  # generation reads rows one at a time in this process
+        try:
+            out = super().examples(split, task, n)
+        finally:
+            dataset.augment = augment
+        if not out:
+            return out
+        index = self.indexes[split]
+        if split not in self._positions:
+            self._positions[split] = {(index.files[int(s)], int(r)): i
+                                      for i, (s, r) in enumerate(zip(index.shard, index.row_in_file))}
+        train = self.train_voices()
+        for ex in out:
+            rec = dataset._row(self._positions[split][(ex["file"], int(ex["row"]))])
+            plan = index.reader.plan(rec, header_samples, None, None)
+            user = next((m["content"] for m in reversed(plan.messages) if m["role"] == "user"), "")
+            voice = voice_id(rec) if bool(ex["layout"].weights.any()) else None  # text-only answers: no voice
+            ex.update(question_text=user.replace(IMAGE_PLACEHOLDER, "").strip(), voice=voice,
+                      voice_seen=None if train is None or voice is None else voice in train)
+        return out
+
+    def train_voices(self) -> set[str] | None:
+        """`voice_id`s of the train split's rows that carry answer audio (read once: the voice, reference and
+        answer-code columns); None when no train split is configured."""
+        if self._train_voices is None and self.paths["train"] is not None:
+            self._train_voices = spoken_voices(self.paths["train"], self.tokens.n_codebooks)
+        return self._train_voices
+
+
+def voice_id(rec: dict[str, Any]) -> str:
+    """The answer voice of a row as a stable label (the released schema names no speaker): `ref-<hash>` of its
+    reference codes, else `emb-<hash>` of its speaker embedding, else `default` (no voice conditioning: the
+    model's own voice). Rows cloning the same reference clip share a label."""
+    for column, prefix, dtype in (("ref_audios", "ref", np.int32), ("spk_emb", "emb", np.float32)):
+        value = rec.get(column)
+        if value is not None and len(value):
+            return f"{prefix}-{hashlib.sha1(np.asarray(value, dtype=dtype).tobytes()).hexdigest()[:8]}"
+    return "default"
+
+
+def spoken_voices(paths: Any, n_codebooks: int = 8) -> set[str]:
+    """The `voice_id`s of every row with answer audio (a turn of at least one frame) in these parquet files /
+    folders. Answer codes are only measured (arrow list lengths), never converted to Python."""
+    voices: set[str] = set()
+    for path in expand_paths(paths):
+        pf = pq.ParquetFile(path)
+        columns = [c for c in ("answer_audios", "ref_audios", "spk_emb") if c in pf.schema_arrow.names]
+        if "answer_audios" not in columns:
+            continue
+        for batch in pf.iter_batches(columns=columns, batch_size=256):
+            answers = batch.column("answer_audios")
+            turns = pc.list_flatten(answers)
+            longest = np.zeros(batch.num_rows, dtype=np.int64)
+            np.maximum.at(longest, pc.list_parent_indices(answers).to_numpy(),
+                          pc.list_value_length(turns).fill_null(0).to_numpy())
+            refs = {c: batch.column(c).to_pylist() for c in columns if c != "answer_audios"}
+            voices.update(voice_id({c: v[i] for c, v in refs.items()})
+                          for i in np.flatnonzero(longest >= n_codebooks))
+    return voices
