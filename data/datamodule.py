@@ -160,7 +160,9 @@ class OmniDataModule(LightningDataModule):
                              "use_distributed_sampler=False")
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return {"collate_fn": self.collator, "num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        # workers stay up between epochs (a fresh worker per epoch would reload the tokenizer and row groups)
+        return {"collate_fn": self.collator, "num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> ResumableDataLoader:
         self._check_distributed_sampler()
