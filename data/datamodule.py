@@ -23,8 +23,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data.collate import MiniOmniCollator
-from data.dataset import OmniDataset, ParquetIndex, calibrate_chars_per_token
-from data.sampler import TokenBudgetBatchSampler, resolve_task_weights
+from data.dataset import OmniDataset, ParquetIndex, RowIndex, calibrate_chars_per_token
+from data.sampler import TASK_ORDER, TokenBudgetBatchSampler, resolve_task_weights
 from omni.mini_omni.tokens import MiniOmniTokens
 
 
@@ -71,45 +71,51 @@ class OmniDataModule(LightningDataModule):
         max_source_positions: int = 1500,
         tasks: Mapping[str, float] | None = None,
         val_tasks: Mapping[str, float] | None = None,
-        max_tokens: int = 16384,
-        max_batch_size: int | None = None,
         max_len: int = 2048,
-        window_rows: int = 1000,
-        cache_row_groups: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        strict: bool = False,
         chars_per_token: float | None = None,
-        pin_memory: bool = False,
         vision_arch: str = "clip",
         vision_path: str | None = None,
         image_size: int = 224,
         n_image_tokens: int = 50,
+        **loading: Any,
     ) -> None:
-        super().__init__()
-        if tokenizer_path is None:
-            raise ValueError("OmniDataModule needs tokenizer_path (a local tokenizer folder)")
+        """`loading`: the loader settings every family shares (max_tokens, max_batch_size, window_rows,
+        cache_row_groups, num_workers, seed, strict, pin_memory), see `_init_loading`."""
         if not tasks:
             raise ValueError("OmniDataModule needs tasks, e.g. {asr: 1.0, tts: 0.5}")
-        self.paths = {"train": train, "val": val, "test": test}
+        self._init_loading(train, val, test, tokenizer_path, tasks, val_tasks, TASK_ORDER, max_len, **loading)
         self.tokens = tokens if isinstance(tokens, MiniOmniTokens) else MiniOmniTokens(**dict(tokens or {}))
-        self.tokenizer_path = str(tokenizer_path)
         self.n_mels, self.max_source_positions = int(n_mels), int(max_source_positions)
-        self.tasks = dict(tasks)
-        self.val_tasks = dict(val_tasks) if val_tasks else dict(self.tasks)
-        resolve_task_weights(self.tasks), resolve_task_weights(self.val_tasks)  # config mistakes fail at start
-        self.max_tokens, self.max_batch_size, self.max_len = int(max_tokens), max_batch_size, int(max_len)
-        self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
-        self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
         self.chars_per_token = None if chars_per_token is None else float(chars_per_token)
-        self.pin_memory = bool(pin_memory)
-        if self.max_len > self.max_tokens:
-            raise ValueError(f"max_len {self.max_len} > max_tokens {self.max_tokens}: a longest row would not fit")
         self.vision = {"vision_arch": vision_arch, "vision_path": vision_path, "image_size": int(image_size)}
         self.n_image_tokens = int(n_image_tokens)
         self.collator = MiniOmniCollator(self.tokens, self.n_image_tokens)
-        self.indexes: dict[str, ParquetIndex] = {}
-        self.datasets: dict[str, OmniDataset] = {}
+
+    def _init_loading(self, train: Any, val: Any, test: Any, tokenizer_path: str | None, tasks: Mapping[str, float],
+                      val_tasks: Mapping[str, float] | None, valid_tasks: tuple[str, ...], max_len: int, *,
+                      max_tokens: int = 16384, max_batch_size: int | None = None, window_rows: int = 1000,
+                      cache_row_groups: int = 4, num_workers: int = 0, seed: int = 0, strict: bool = False,
+                      pin_memory: bool = False) -> None:
+        """What every family's DataModule sets before its own fields (each family's `__init__` calls this, not
+        `OmniDataModule.__init__`): the splits, the tokenizer folder, the train / val task mixes (checked against
+        `valid_tasks`), the token budget, the loader settings and the empty index / dataset / resume state.
+        Config mistakes fail here, at start."""
+        LightningDataModule.__init__(self)
+        if tokenizer_path is None:
+            raise ValueError(f"{type(self).__name__} needs tokenizer_path (a local tokenizer folder)")
+        self.paths = {"train": train, "val": val, "test": test}
+        self.tokenizer_path = str(tokenizer_path)
+        self.tasks = dict(tasks)
+        self.val_tasks = dict(val_tasks) if val_tasks else dict(self.tasks)
+        resolve_task_weights(self.tasks, valid_tasks), resolve_task_weights(self.val_tasks, valid_tasks)
+        self.max_tokens, self.max_batch_size, self.max_len = int(max_tokens), max_batch_size, int(max_len)
+        if self.max_len > self.max_tokens:
+            raise ValueError(f"max_len {self.max_len} > max_tokens {self.max_tokens}: a longest row would not fit")
+        self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
+        self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
+        self.pin_memory = bool(pin_memory)
+        self.indexes: dict[str, RowIndex] = {}
+        self.datasets: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._train_loader: ResumableDataLoader | None = None
         self._pending_train_state: dict[str, int] | None = None

@@ -5,8 +5,9 @@ columns); never question_audio or answer_codes. Presence of the heavy fields is 
 audio present <=> duration_s > 0, codes present <=> n_frames > 0 (the schema's contract, data/schema.py).
 
 `OmniDataset[(row, task)]` reads that row's parquet row group through a small per-process LRU cache, decodes and
-featurizes audio, tokenizes text and returns a plain example dict (see `OmniDataset.__getitem__`), or a `Skipped`
-marker for a corrupt row (the collator drops it and reports it in the batch's `skipped` list).
+featurizes audio, tokenizes text and returns a plain example dict (see `OmniDataset`), or a `Skipped` marker for a
+corrupt row (the collator drops it and reports it in the batch's `skipped` list). The reading, cache and bad-row
+handling are `RowGroupDataset`'s, which every family's dataset shares.
 """
 from __future__ import annotations
 
@@ -94,6 +95,83 @@ class RowIndex:
     def location(self, i: int) -> tuple[str, int, int, int]:
         """(file, row group, row in group, row in file) of kept row `i`."""
         return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
+
+
+class RowGroupDataset(Dataset):
+    """Map-style dataset over a `RowIndex`; an item key is (row, task) as yielded by the batch sampler (a bare row:
+    its first task). Every family's dataset shares the reading: row groups are read whole
+    (ParquetFile.read_row_group) into a per-process LRU of at most `cache_row_groups` tables (worker processes
+    start with an empty cache), and a `RowError` while reading or building a row gives a `Skipped` marker, or with
+    `strict` a ValueError naming file, row, id and column. Subclasses build the example (`example(rec)`, or
+    `_example(rec, task)` where the task matters) and may name rows their own way (`_row_ids`)."""
+
+    index: RowIndex
+    strict: bool
+    unreadable = "cannot read the row: {exc}"  # RowError detail when a row group cannot be read ({group}, {exc})
+    stamp_id = False  # True: the example's "id" is the `_row_ids` one
+
+    def _init_cache(self, cache_row_groups: int) -> None:
+        self.cache_row_groups = int(cache_row_groups)
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._files: dict[int, pq.ParquetFile] = {}
+        self.group_reads = 0  # row groups read from disk by this process (cache misses)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": OrderedDict(), "_files": {}}  # handles / tables stay in their process
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _row_group(self, shard: int, group: int) -> pa.Table:
+        key = (shard, group)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if shard not in self._files:
+            self._files[shard] = pq.ParquetFile(self.index.files[shard])
+        table = self._files[shard].read_row_group(group)
+        self.group_reads += 1
+        self._cache[key] = table
+        while len(self._cache) > self.cache_row_groups:
+            self._cache.popitem(last=False)
+        return table
+
+    def _row(self, i: int) -> dict[str, Any]:
+        """Kept row `i` as a {column: value} dict."""
+        table = self._row_group(int(self.index.shard[i]), int(self.index.group[i]))
+        return table.slice(int(self.index.row_in_group[i]), 1).to_pylist()[0]
+
+    def _row_ids(self, rec: dict[str, Any], path: str, row: int) -> tuple[Any, str]:
+        """(the id a strict error names, the id a `Skipped` record carries) of row `row` of `path`; `rec` is {}
+        when the row could not be read."""
+        row_id = rec.get("id", "?")
+        return row_id, str(row_id)
+
+    def _example(self, rec: dict[str, Any], task: str) -> dict[str, Any]:
+        """A read row -> its example dict (raises RowError). Default: `example(rec)` (the row names its task)."""
+        return self.example(rec)
+
+    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
+        """(row, task) -> the subclass's example dict + file, row (the row number in file), or `Skipped`."""
+        row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
+        path, group, _, in_file = self.index.location(int(row))
+        rec: dict[str, Any] = {}
+        try:
+            try:
+                rec = self._row(int(row))
+            except (OSError, pa.ArrowException) as exc:
+                raise RowError("*", "unreadable", self.unreadable.format(group=group, exc=exc)) from exc
+            example = self._example(rec, task)
+        except RowError as err:
+            named, row_id = self._row_ids(rec, path, in_file)
+            if self.strict:
+                raise ValueError(f"{path}: row {in_file} (id={named!r}), column {err.column!r}: {err.detail}") \
+                    from err
+            return Skipped(path, in_file, row_id, err.column, err.reason, err.detail)
+        if self.stamp_id:
+            example["id"] = self._row_ids(rec, path, in_file)[1]
+        example.update(file=path, row=in_file)
+        return example
 
 
 class ParquetIndex(RowIndex):
@@ -251,22 +329,26 @@ def _char_lengths(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(pc.utf8_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
-class _RowError(Exception):
-    """A load-time problem with one column of one row (turned into `Skipped` or a strict ValueError)."""
+class RowError(Exception):
+    """A problem with one column of one row (-> `Skipped`, or a ValueError naming file/row/column when strict)."""
 
     def __init__(self, column: str, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.column, self.reason, self.detail = column, reason, detail
 
 
-class OmniDataset(Dataset):
+class OmniDataset(RowGroupDataset):
     """Map-style dataset over a `ParquetIndex`; an item key is (row, task) as yielded by the batch sampler.
+    `dataset[(row, task)]` -> example dict (keys: id, task, question_ids, mels, n_audio_frames, transcript_ids,
+    answer_ids, answer_codes, answer_text, question_text, speaker, file, row) or `Skipped` for a bad row (strict:
+    ValueError); rows are read as `RowGroupDataset` reads them.
 
-    Row groups are read whole (ParquetFile.read_row_group) into a per-process LRU of at most `cache_row_groups`
-    tables; worker processes start with an empty cache. Audio -> 16 kHz mono -> Whisper log-mel (n_mels, F) with
-    F = 2 * max_source_positions (the encoder window, padded / truncated), T = int(duration_ms / 20) + 1 encoder
-    frames clamped to max_source_positions. Text is tokenized without special tokens.
+    Audio -> 16 kHz mono -> Whisper log-mel (n_mels, F) with F = 2 * max_source_positions (the encoder window,
+    padded / truncated), T = int(duration_ms / 20) + 1 encoder frames clamped to max_source_positions. Text is
+    tokenized without special tokens.
     """
+
+    unreadable = "cannot read row group {group}: {exc}"
 
     def __init__(
         self,
@@ -298,63 +380,15 @@ class OmniDataset(Dataset):
             feature_size=self.n_mels, sampling_rate=SAMPLE_RATE, hop_length=HOP,
             chunk_length=int(np.ceil(self.n_samples / SAMPLE_RATE)),  # must be an int; max_length sets the window
         )
-        self.cache_row_groups = int(cache_row_groups)
-        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
-        self._files: dict[int, pq.ParquetFile] = {}
-        self.group_reads = 0  # row groups read from disk by this process (cache misses)
+        self._init_cache(cache_row_groups)
         self.vision = (vision_arch, vision_path, int(image_size))
         self._image_processor: Any = None  # built on the first image (Pillow processor of the vision tower)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_cache"], state["_files"] = OrderedDict(), {}  # open handles / tables stay in their process
-        return state
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _row_group(self, shard: int, group: int) -> pa.Table:
-        key = (shard, group)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        if shard not in self._files:
-            self._files[shard] = pq.ParquetFile(self.index.files[shard])
-        table = self._files[shard].read_row_group(group)
-        self.group_reads += 1
-        self._cache[key] = table
-        while len(self._cache) > self.cache_row_groups:
-            self._cache.popitem(last=False)
-        return table
-
-    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
-        """(row, task) -> example dict (keys: id, task, question_ids, mels, n_audio_frames, transcript_ids, answer_ids,
-        answer_codes,
-        answer_text, question_text, speaker, file, row) or `Skipped` for a bad row (strict: ValueError)."""
-        row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
-        row = int(row)
-        path, group, in_group, in_file = self.index.location(row)
-        row_id = "?"
-        try:
-            try:
-                rec = self._row_group(int(self.index.shard[row]), group).slice(in_group, 1).to_pylist()[0]
-            except (OSError, pa.ArrowException) as exc:
-                raise _RowError("*", "unreadable", f"cannot read row group {group}: {exc}") from exc
-            row_id = rec["id"]
-            example = self._example(rec, task)
-        except _RowError as err:
-            if self.strict:
-                raise ValueError(f"{path}: row {in_file} (id={row_id!r}), column {err.column!r}: {err.detail}") \
-                    from err
-            return Skipped(path, in_file, str(row_id), err.column, err.reason, err.detail)
-        example.update(file=path, row=in_file)
-        return example
 
     def _example(self, rec: dict[str, Any], task: str) -> dict[str, Any]:
         needs = TASK_REQUIREMENTS[task]
         for column in needs:
             if rec.get(column) in (None, b"", ""):
-                raise _RowError(column, "missing", f"task {task} needs {column} but it is empty")
+                raise RowError(column, "missing", f"task {task} needs {column} but it is empty")
         mels, n_audio = self._audio(rec["question_audio"]) if task in AUDIO_IN else (None, 0)
         pixels = self._image(rec["image"]) if task in IMAGE_IN else None
         question_ids = None
@@ -384,14 +418,14 @@ class OmniDataset(Dataset):
         try:
             return load_pixels(data, self._image_processor)
         except ValueError as exc:
-            raise _RowError("image", "bad_image", str(exc)) from exc
+            raise RowError("image", "bad_image", str(exc)) from exc
 
     def _audio(self, data: bytes) -> tuple[torch.Tensor, int]:
         """Encoded bytes -> ((n_mels, F) float32 log-mel of the padded window, T valid encoder frames)."""
         try:
             wav = decode_audio(data, SAMPLE_RATE)
         except AudioDecodeError as exc:
-            raise _RowError("question_audio", "bad_audio", str(exc)) from exc
+            raise RowError("question_audio", "bad_audio", str(exc)) from exc
         feats = self.features(wav, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length",
                               max_length=self.n_samples, truncation=True)["input_features"][0]
         n_frames = int(encoder_frames(len(wav) / SAMPLE_RATE, self.max_source_positions))
@@ -400,17 +434,17 @@ class OmniDataset(Dataset):
     def _tokenize(self, text: str, column: str) -> list[int]:
         ids = list(self.tokenizer.encode(text, add_special_tokens=False))
         if not ids:
-            raise _RowError(column, "empty_text", f"{column} {text!r} tokenizes to no tokens")
+            raise RowError(column, "empty_text", f"{column} {text!r} tokenizes to no tokens")
         return ids
 
     def _codes(self, codes: list[int], n_frames: int) -> torch.Tensor:
         """Flat frame-major SNAC codes -> (N, 7) long; length must be n_frames * 7 and values in the codebook."""
         arr = np.asarray(codes, dtype=np.int64)
         if arr.size != n_frames * CODES_PER_FRAME or arr.size == 0:
-            raise _RowError("answer_codes", "bad_codes",
+            raise RowError("answer_codes", "bad_codes",
                             f"{arr.size} codes, expected n_frames * {CODES_PER_FRAME} = {n_frames * CODES_PER_FRAME}")
         size = self.tokens.codebook_size
         if arr.min() < 0 or arr.max() >= size:
-            raise _RowError("answer_codes", "bad_codes",
+            raise RowError("answer_codes", "bad_codes",
                             f"code values in [{arr.min()}, {arr.max()}] outside the codebook [0, {size})")
         return torch.from_numpy(arr.reshape(n_frames, CODES_PER_FRAME))

@@ -15,14 +15,12 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lightning.pytorch import LightningDataModule
 
 from data.datamodule import OmniDataModule
 from data.minimind_o.collate import MiniMindOCollator
 from data.dataset import expand_paths
 from data.minimind_o.dataset import MiniMindODataset, MiniMindOIndex, RowReader, header_samples
 from data.minimind_o.schema import TASKS
-from data.sampler import resolve_task_weights
 from omni.minimind_o.encoders import AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.layout import IMAGE_PLACEHOLDER, Augment
 from omni.minimind_o.tokens import MiniMindOTokens
@@ -46,40 +44,18 @@ class MiniMindODataModule(OmniDataModule):
         tasks: Mapping[str, float] | None = None,
         val_tasks: Mapping[str, float] | None = None,
         augment: Augment | Mapping[str, Any] | None = None,
-        max_tokens: int = 16384,
-        max_batch_size: int | None = None,
         max_len: int = 1024,
-        window_rows: int = 1000,
-        cache_row_groups: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        strict: bool = False,
-        pin_memory: bool = False,
+        **loading: Any,
     ) -> None:
-        LightningDataModule.__init__(self)  # OmniDataModule.__init__ sets up the Mini-Omni pipeline instead
-        if tokenizer_path is None:
-            raise ValueError("MiniMindODataModule needs tokenizer_path (a local tokenizer folder)")
-        self.paths = {"train": train, "val": val, "test": test}
+        """`loading`: the shared loader settings (max_tokens, max_batch_size, window_rows, cache_row_groups,
+        num_workers, seed, strict, pin_memory), see `OmniDataModule._init_loading`."""
+        self._init_loading(train, val, test, tokenizer_path, tasks or {"t2a": 1.0}, val_tasks, TASKS, max_len,
+                           **loading)
         self.tokens = tokens if isinstance(tokens, MiniMindOTokens) else MiniMindOTokens(**dict(tokens or {}))
-        self.tokenizer_path = str(tokenizer_path)
         self.audio_spec, self.vision_spec = _spec(AudioEncoderSpec, audio_encoder), _spec(VisionEncoderSpec, vision_encoder)
         self.spk_dim = int(spk_dim)
-        self.tasks = dict(tasks or {"t2a": 1.0})
-        self.val_tasks = dict(val_tasks) if val_tasks else dict(self.tasks)
-        resolve_task_weights(self.tasks, TASKS), resolve_task_weights(self.val_tasks, TASKS)  # fail at start
         self.augment = augment if isinstance(augment, Augment) or augment is None else Augment(**dict(augment))
-        self.max_tokens, self.max_batch_size, self.max_len = int(max_tokens), max_batch_size, int(max_len)
-        if self.max_len > self.max_tokens:
-            raise ValueError(f"max_len {self.max_len} > max_tokens {self.max_tokens}: a longest row would not fit")
-        self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
-        self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
-        self.pin_memory = bool(pin_memory)
         self.collator = MiniMindOCollator(self.tokens, self.spk_dim)
-        self.indexes: dict[str, MiniMindOIndex] = {}
-        self.datasets: dict[str, MiniMindODataset] = {}
-        self._tokenizer: Any = None
-        self._train_loader = None
-        self._pending_train_state = None
         self._train_voices: set[str] | None = None
         self._positions: dict[str, dict[tuple[str, int], int]] = {}
 

@@ -15,18 +15,16 @@ pixel_values, speaker_emb, answer_text, file, row} or a `Skipped` marker.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from data.audio import AudioDecodeError, audio_duration, decode_audio
-from data.dataset import RowIndex, Skipped, expand_paths
+from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths
 from data.minimind_o.schema import TASKS, first_image, parse_conversation, validate_schema
 from omni.minimind_o.encoders import AUDIO_SR, MEL_HOP, AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.layout import (
@@ -34,14 +32,6 @@ from omni.minimind_o.layout import (
     render_chat, scheduled_sampling, spec_augment,
 )
 from omni.minimind_o.tokens import MiniMindOTokens
-
-
-class RowError(Exception):
-    """A problem with one column of one row (-> `Skipped`, or a ValueError naming file/row/column when strict)."""
-
-    def __init__(self, column: str, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.column, self.reason, self.detail = column, reason, detail
 
 
 @dataclass
@@ -258,21 +248,22 @@ class MiniMindOIndex(RowIndex):
 
 
 
-class MiniMindODataset(Dataset):
+class MiniMindODataset(RowGroupDataset):
+    """`RowGroupDataset` over a `MiniMindOIndex`: `example(rec)` with the row's `row_id` as "id" (also in
+    `Skipped` records and strict errors)."""
+
+    stamp_id = True
+
     def __init__(self, index: MiniMindOIndex, *, augment: Augment | None = None, seed: int = 0,
                  cache_row_groups: int = 4, strict: bool = False) -> None:
         self.index, self.reader, self.augment = index, index.reader, augment
         self.seed, self.strict = int(seed), strict
-        self.cache_row_groups = max(1, int(cache_row_groups))
-        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._init_cache(max(1, int(cache_row_groups)))
         self._rng: np.random.Generator | None = None
         self._featurizer = self._image_processor = None
 
     def __getstate__(self) -> dict[str, Any]:  # worker copies start with an empty cache and their own generator
-        return {**self.__dict__, "_cache": OrderedDict(), "_rng": None}
-
-    def __len__(self) -> int:
-        return len(self.index)
+        return {**super().__getstate__(), "_rng": None}
 
     def rng(self) -> np.random.Generator:
         """Per-process augmentation generator: seed + the worker's seed (Lightning/torch reseed workers each
@@ -282,33 +273,8 @@ class MiniMindODataset(Dataset):
             self._rng = np.random.default_rng([self.seed, info.seed if info is not None else 0])
         return self._rng
 
-    def _row(self, i: int) -> dict[str, Any]:
-        shard, group = int(self.index.shard[i]), int(self.index.group[i])
-        key = (shard, group)
-        if key not in self._cache:
-            self._cache[key] = pq.ParquetFile(self.index.files[shard]).read_row_group(group)
-            while len(self._cache) > self.cache_row_groups:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key].slice(int(self.index.row_in_group[i]), 1).to_pylist()[0]
-
-    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
-        row, _ = (item, None) if isinstance(item, (int, np.integer)) else item
-        path, _, _, in_file = self.index.location(int(row))
-        rec: dict[str, Any] = {}
-        try:
-            try:
-                rec = self._row(int(row))
-            except (OSError, pa.ArrowException) as exc:
-                raise RowError("*", "unreadable", f"cannot read the row: {exc}") from exc
-            example = self.example(rec)
-        except RowError as err:
-            if self.strict:
-                raise ValueError(f"{path}: row {in_file} (id={row_id(rec, path, in_file)!r}), column "
-                                 f"{err.column!r}: {err.detail}") from err
-            return Skipped(path, in_file, row_id(rec, path, in_file), err.column, err.reason, err.detail)
-        example.update(id=row_id(rec, path, in_file), file=path, row=in_file)
-        return example
+    def _row_ids(self, rec: dict[str, Any], path: str, row: int) -> tuple[str, str]:
+        return (row_id(rec, path, row),) * 2
 
     def example(self, rec: dict[str, Any]) -> dict[str, Any]:
         rng = self.rng() if self.augment is not None else None

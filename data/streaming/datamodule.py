@@ -9,10 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
-
 from data.datamodule import OmniDataModule
-from data.sampler import resolve_task_weights
 from data.streaming.collate import StreamingCollator
 from data.streaming.dataset import StreamingDataset, StreamingIndex, encode_system_prompt
 from data.streaming.schema import MODES
@@ -32,39 +29,18 @@ class StreamingDataModule(OmniDataModule):
         n_mels: int = 128,
         tasks: Mapping[str, float] | None = None,
         val_tasks: Mapping[str, float] | None = None,
-        max_tokens: int = 16384,
-        max_batch_size: int | None = None,
         max_len: int = 4096,
-        window_rows: int = 1000,
-        cache_row_groups: int = 4,
-        num_workers: int = 0,
-        seed: int = 0,
-        strict: bool = False,
-        pin_memory: bool = False,
+        **loading: Any,
     ) -> None:
-        LightningDataModule.__init__(self)  # OmniDataModule.__init__ sets up the Mini-Omni pipeline instead
-        if tokenizer_path is None:
-            raise ValueError("StreamingDataModule needs tokenizer_path (a local tokenizer folder)")
-        self.paths = {"train": train, "val": val, "test": test}
+        """`loading`: the shared loader settings (max_tokens, max_batch_size, window_rows, cache_row_groups,
+        num_workers, seed, strict, pin_memory), see `OmniDataModule._init_loading`."""
+        self._init_loading(train, val, test, tokenizer_path, tasks or {"online": 1.0}, val_tasks, MODES, max_len,
+                           **loading)
         self.tokens = MiniOmni3Tokens.from_config(tokens)
-        self.tokenizer_path, self.n_mels = str(tokenizer_path), int(n_mels)
+        self.n_mels = int(n_mels)
         self.system_prompt = RELEASED_SYSTEM_PROMPT if system_prompt is None else str(system_prompt)
-        self.tasks = dict(tasks or {"online": 1.0})
-        self.val_tasks = dict(val_tasks) if val_tasks else dict(self.tasks)
-        resolve_task_weights(self.tasks, MODES), resolve_task_weights(self.val_tasks, MODES)  # fail at start
-        self.max_tokens, self.max_batch_size, self.max_len = int(max_tokens), max_batch_size, int(max_len)
-        if self.max_len > self.max_tokens:
-            raise ValueError(f"max_len {self.max_len} > max_tokens {self.max_tokens}: a longest row would not fit")
-        self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
-        self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
-        self.pin_memory = bool(pin_memory)
         self.collator = StreamingCollator(self.tokens)
-        self.indexes: dict[str, StreamingIndex] = {}
-        self.datasets: dict[str, StreamingDataset] = {}
-        self._tokenizer: Any = None
         self._system_ids: list[int] | None = None
-        self._train_loader = None
-        self._pending_train_state = None
 
     def _build(self, split: str) -> None:
         if self._tokenizer is None:

@@ -9,31 +9,20 @@ file, row and column).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset
 
 from data.audio import AudioDecodeError, decode_audio
-from data.dataset import RowIndex, Skipped, expand_paths
+from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths
 from data.streaming.schema import LIGHT_COLUMNS, MODES, validate_schema
 from omni.mini_omni3.encoder import CHUNK_SAMPLES, FRAMES_PER_CHUNK, SAMPLE_RATE, ChunkMel, pad_to_chunks
 from omni.mini_omni3.layout import (
     OFFLINE_MAX_CHUNKS, Reply, offline_prefix, offline_sequence, online_prefix, online_sequence,
 )
 from omni.mini_omni3.tokens import EMOTIONS, MiniOmni3Tokens
-
-
-class RowError(Exception):
-    """A problem with one column of one row (-> `Skipped`, or a ValueError naming file/row/column when strict)."""
-
-    def __init__(self, column: str, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.column, self.reason, self.detail = column, reason, detail
 
 
 def check_labels(rec: dict[str, Any]) -> None:
@@ -138,52 +127,20 @@ class StreamingIndex(RowIndex):
 
 
 
-class StreamingDataset(Dataset):
-    """Map-style dataset over a `StreamingIndex`; items are (row, task) keys from the batch sampler. Returns an
-    example dict {id, task, sequence (layout.Sequence), mels (C, M, 40) | None, features (C, 10, E) | None,
-    reply_text, speaker, file, row} or `Skipped`."""
+class StreamingDataset(RowGroupDataset):
+    """Map-style dataset over a `StreamingIndex` (a `RowGroupDataset`); items are (row, task) keys from the batch
+    sampler. Returns an example dict {id, task, sequence (layout.Sequence), mels (C, M, 40) | None,
+    features (C, 10, E) | None, reply_text, speaker, file, row} or `Skipped`."""
 
     def __init__(self, index: StreamingIndex, system_ids: list[int], *, n_mels: int = 128,
                  cache_row_groups: int = 4, strict: bool = False) -> None:
         self.index, self.tok, self.tokenizer = index, index.tok, index.tokenizer
         self.system_ids, self.strict = list(system_ids), strict
         self.mel = ChunkMel(n_mels)
-        self.cache_row_groups = max(1, int(cache_row_groups))
-        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._init_cache(max(1, int(cache_row_groups)))
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": OrderedDict()}
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _row(self, i: int) -> dict[str, Any]:
-        shard, group = int(self.index.shard[i]), int(self.index.group[i])
-        key = (shard, group)
-        if key not in self._cache:
-            self._cache[key] = pq.ParquetFile(self.index.files[shard]).read_row_group(group)
-            while len(self._cache) > self.cache_row_groups:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key].slice(int(self.index.row_in_group[i]), 1).to_pylist()[0]
-
-    def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
-        row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
-        path, _, _, in_file = self.index.location(int(row))
-        rec: dict[str, Any] = {}
-        try:
-            try:
-                rec = self._row(int(row))
-            except (OSError, pa.ArrowException) as exc:
-                raise RowError("*", "unreadable", f"cannot read the row: {exc}") from exc
-            example = self.example(rec)
-        except RowError as err:
-            if self.strict:
-                raise ValueError(f"{path}: row {in_file} (id={rec.get('id')!r}), column {err.column!r}: "
-                                 f"{err.detail}") from err
-            return Skipped(path, in_file, str(rec.get("id", "?")), err.column, err.reason, err.detail)
-        example.update(file=path, row=in_file)
-        return example
+    def _row_ids(self, rec: dict[str, Any], path: str, row: int) -> tuple[Any, str]:
+        return rec.get("id"), str(rec.get("id", "?"))  # strict errors name a row that cannot be read id=None
 
     # -- one row -----------------------------------------------------------------------------------------------
     def example(self, rec: dict[str, Any]) -> dict[str, Any]:
