@@ -8,6 +8,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from callbacks.metrics import bucketed_error_rates, error_rates
+from omni.mini_omni.generate import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +21,11 @@ class TextMetricsCallback(Callback):
     """Every `every_n_epochs` validation epochs: greedy-decode the first `max_examples` validation rows of each
     task in `tasks` and score the text against the reference (ASR: the transcript; QA: the answer).
     Buckets (short <= 15 words, mid 16-30, long 31-60, over_60) are logged for those that hold rows.
-    `test_examples` > 0: after `trainer.test`, the first `test_examples` test rows per task give `test/cer...`."""
+    `test_examples` > 0: after `trainer.test`, the first `test_examples` test rows per task give `test/cer...`.
+    `ctc_weight` > 0: ASR rows decode with the model's CTC head joined to the text decoder (omni/ctc.py)."""
 
     def __init__(self, tasks: list[str], max_examples: int = 16, every_n_epochs: int = 1,
-                 max_new_tokens: int = 64, test_examples: int = 0) -> None:
+                 max_new_tokens: int = 64, test_examples: int = 0, ctc_weight: float = 0.0) -> None:
         unknown = sorted(set(tasks) - set(REFERENCE_FIELD))
         if unknown:
             raise ValueError(f"text_metrics.tasks has {unknown}; valid: {sorted(REFERENCE_FIELD)}")
@@ -32,6 +34,7 @@ class TextMetricsCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.max_new_tokens = max_new_tokens
         self.test_examples = test_examples
+        self.sampling = SamplingConfig(temperature=0.0, top_k=1, max_new_tokens=max_new_tokens, ctc_weight=ctc_weight)
         self.last: dict[str, list[dict]] = {}
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -55,10 +58,9 @@ class TextMetricsCallback(Callback):
     @torch.no_grad()
     def score(self, trainer: Trainer, pl_module: LightningModule, split: str = "val",
               n: int | None = None) -> dict[str, float]:
-        from omni.mini_omni.generate import SamplingConfig
 
         infer = pl_module.inference()
-        sampling = SamplingConfig(temperature=0.0, top_k=1, max_new_tokens=self.max_new_tokens)
+        sampling = self.sampling
         was_training = pl_module.training
         pl_module.eval()
         refs_all, hyps_all, scores = [], [], {}

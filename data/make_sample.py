@@ -70,13 +70,18 @@ class Voice:
 
 
 ASSISTANT_VOICE = Voice("flite", "slt")
+# Train voices: 4 espeak-ng (formant synthesis) + 5 recorded-speaker engines (flite diphone / clustergen, festival
+# diphone / HTS), so held-out voices of either kind have relatives in training (omni/DESIGN.md #45).
 TRAIN_VOICES = (
     Voice("espeak-ng", "en-us+m3"),
     Voice("espeak-ng", "en+f2"),
-    Voice("espeak-ng", "en-gb+m1"),
+    Voice("festival", "ked_diphone"),
     Voice("flite", "awb"),
-    Voice("espeak-ng", "en-gb-x-rp+f4"),
+    Voice("espeak-ng", "en-gb+m1"),
     Voice("flite", "kal"),
+    Voice("festival", "cmu_us_slt_arctic_hts"),
+    Voice("espeak-ng", "en-gb-x-rp+f4"),
+    Voice("flite", "slt"),
 )
 VAL_VOICES = (Voice("flite", "rms"), Voice("espeak-ng", "en-sc+m4"))
 TEST_VOICES = (Voice("festival", "kal_diphone"), Voice("espeak-ng", "en-029+f3"))
@@ -128,7 +133,7 @@ def qa_items() -> list[Item]:
 
 
 def split_assignments(items: list[Item]) -> dict[str, list[tuple[int, Voice]]]:
-    """(item index, voice) pairs per split. Train: every item by 3 of the 6 train voices (offsets 0, 1, 3);
+    """(item index, voice) pairs per split. Train: every item by 3 of the train voices (offsets 0, 1, 3);
     val: even items, test: odd items, each by one held-out voice (alternating)."""
     n_train = len(TRAIN_VOICES)
     train = [(i, TRAIN_VOICES[(i + k) % n_train]) for i in range(len(items)) for k in (0, 1, 3)]
@@ -271,7 +276,7 @@ def write_readme(out: str, stats: dict[str, dict], n_items: int, n_answers: int,
         "## Regenerate",
         "",
         "```bash",
-        "sudo apt-get install espeak-ng flite festival festvox-kallpc16k sox",
+        "sudo apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox",
         "python -m data.make_sample            # rewrites data/sample/ and omni/assets/tiny_tokenizer/",
         "```",
         "",

@@ -6,7 +6,7 @@ fill (PAD_A, forced rather than sampled, exactly as in training), and a layer th
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from dataclasses import dataclass, field
 
@@ -24,10 +24,12 @@ class SamplingConfig:
     top_k: int = 1
     max_new_tokens: int = 2048
     seed: int | None = None
+    ctc_weight: float = 0.0  # ASR only: hybrid CTC/attention greedy decoding with the model's CTC head (omni/ctc.py)
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or self.max_new_tokens <= 0:
-            raise ValueError(f"invalid sampling config {self}: temperature>=0, top_k>=0, max_new_tokens>0")
+        if self.temperature < 0 or self.top_k < 0 or self.max_new_tokens <= 0 or not 0 <= self.ctc_weight <= 1:
+            raise ValueError(f"invalid sampling config {self}: temperature>=0, top_k>=0, max_new_tokens>0, "
+                             f"0<=ctc_weight<=1")
 
 
 def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -119,9 +121,12 @@ class MiniOmniDecoder:
     @torch.no_grad()
     def iter_columns(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
                      audio_mels: torch.Tensor | None = None, audio_start: int = 1,
-                     audio_len: int = 0, **image: Any) -> Iterator[torch.Tensor]:
+                     audio_len: int = 0, text_picker: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     **image: Any) -> Iterator[torch.Tensor]:
         """Yield each decoded step as a (B, 8) column (CPU), the stopping one included. B items decode in
-        lock-step; text-only answers stop at EOT, audio answers when layer 6 emits EOA (for every item)."""
+        lock-step; text-only answers stop at EOT, audio answers when layer 6 emits EOA (for every item).
+        `text_picker`: (B, V_text) text-row logits -> (B,) ids, replacing sampling of the text row (e.g. the joint
+        CTC/attention picker of omni/ctc.py)."""
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
         tok = self.tok
         B = prompt.shape[0]
@@ -129,7 +134,7 @@ class MiniOmniDecoder:
         text_done = torch.zeros(B, dtype=torch.bool)
         audio_done = torch.zeros(B, tok.n_audio_layers, dtype=torch.bool)
         for k in range(cfg.max_new_tokens):
-            column = self._next_column(h, k, audio_out, text_done, audio_done, cfg, gen)  # (B, 8)
+            column = self._next_column(h, k, audio_out, text_done, audio_done, cfg, gen, text_picker)  # (B, 8)
             yield column.cpu()
             text_done |= column[:, tok.text_row].cpu() == tok.eot
             audio_done |= column[:, : tok.n_audio_layers].cpu() == tok.eoa
@@ -144,12 +149,14 @@ class MiniOmniDecoder:
         return collect(self.tok, columns, prompt.shape[0], audio_out)
 
     def _next_column(self, h: StepState, k: int, audio_out: bool, text_done: torch.Tensor,
-                     audio_done: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
+                     audio_done: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None,
+                     text_picker: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Sample step k's 8 tokens from the states (B, D), forcing fill / padding where the layout fixes them."""
         tok = self.tok
         B = h.shape[0]
         column = torch.full((B, tok.n_rows), tok.pad_a, dtype=torch.long)
-        text = sample(self.model.row_logits(h.text, tok.text_row), cfg, gen).cpu()
+        logits = self.model.row_logits(h.text, tok.text_row)
+        text = (sample(logits, cfg, gen) if text_picker is None else text_picker(logits)).cpu()
         column[:, tok.text_row] = torch.where(text_done, torch.full_like(text, tok.pad_t), text)
         if audio_out:
             for i in range(tok.n_audio_layers):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omni.ctc import CTCPrefixScorer, JointCTCPicker
 from omni.mini_omni.generate import (
     MiniOmniDecoder, SamplingConfig, collect, frames_until_eoa, iter_batch_parallel,
 )
@@ -59,7 +60,20 @@ class MiniOmniInference:
         if task == "a1a2" and batch_parallel:
             a1t2, _, _ = self.prompt(example, "a1t2")
             return iter_batch_parallel(self.model, prompt, a1t2, mels, T, sampling)
-        return MiniOmniDecoder(self.model).iter_columns(prompt, task_spec(task).audio_out, sampling, mels, 1, T)
+        picker = self.ctc_picker(mels, T, sampling.ctc_weight) if task == "asr" and sampling.ctc_weight > 0 else None
+        return MiniOmniDecoder(self.model).iter_columns(prompt, task_spec(task).audio_out, sampling, mels, 1, T,
+                                                        text_picker=picker)
+
+    @torch.no_grad()
+    def ctc_picker(self, mels: torch.Tensor, T: int, weight: float) -> JointCTCPicker:
+        """Hybrid CTC/attention picker of one utterance (1, n_mels, F) of T encoder frames: the transcript's tokens
+        are chosen by `weight` x the model's CTC head prefix score + (1 - weight) x the text row (omni/ctc.py)."""
+        if self.model.audio_ctc is None:
+            raise ValueError("sampling.ctc_weight > 0 needs a model with a CTC head (trained with "
+                             "model.cfg.ctc_weight > 0); this checkpoint has none")
+        logp = self.model.audio_ctc(self.model.encode_audio(mels)[0, :T]).float().log_softmax(-1)  # (T, V + 1)
+        return JointCTCPicker(CTCPrefixScorer(logp, blank=self.tok.text_vocab), weight, end=self.tok.eot,
+                              vocab=self.tok.text_vocab)
 
     def _iter_image_columns(self, example: dict, task: str, sampling: SamplingConfig) -> Iterator[torch.Tensor]:
         """Mini-Omni2 image prompt (spec "image QA"): vision features at 1..N, encoder frames from N + 2."""

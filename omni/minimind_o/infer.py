@@ -40,6 +40,9 @@ def sampling_config(sampling: Any, speech: bool) -> SamplingConfig:
         sampling = asdict(sampling)
     if not isinstance(sampling, Mapping):
         raise TypeError(f"sampling must be a SamplingConfig, a dataclass or a mapping, got {type(sampling).__name__}")
+    if float(sampling.get("ctc_weight", 0.0)) > 0:
+        raise ValueError("sampling.ctc_weight (joint CTC/attention ASR decoding) needs a CTC head; MiniMind-O has none")
+    sampling = {k: v for k, v in sampling.items() if k != "ctc_weight"}  # Mini-Omni's option, off
     valid = {f.name for f in fields(SamplingConfig)} - {"speech"}
     unknown = sorted(set(sampling) - valid)
     if unknown:
