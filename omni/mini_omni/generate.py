@@ -94,8 +94,10 @@ class MiniOmniDecoder:
     @torch.no_grad()
     def prefill(self, prompt: torch.Tensor, audio_mels: torch.Tensor | None = None, audio_start: int = 1,
                 audio_len: int = 0, image_pixels: torch.Tensor | None = None, image_start: int = 1,
-                image_len: int = 0) -> tuple[StepState, tuple[DynamicCache, DynamicCache | None]]:
-        """prompt (B, 8, P) local ids, same length for all items; audio_mels (B, n_mels, F) or None; image_pixels
+                image_len: int = 0, audio_features: torch.Tensor | None = None,
+                ) -> tuple[StepState, tuple[DynamicCache, DynamicCache | None]]:
+        """prompt (B, 8, P) local ids, same length for all items; audio_mels (B, n_mels, F) or None, or their
+        `encode_audio` output `audio_features` (B, T_max, D) when the caller already has it; image_pixels
         (B, 3, H, W) or None. Returns the last position's states and the filled caches."""
         B = prompt.shape[0]
         idx = torch.arange(B, device=prompt.device)
@@ -104,7 +106,9 @@ class MiniOmniDecoder:
             return (torch.full((B,), start, device=prompt.device), torch.full((B,), length, device=prompt.device))
 
         audio = image = None
-        if audio_mels is not None and audio_len > 0:
+        if audio_features is not None and audio_len > 0:
+            audio = audio_features
+        elif audio_mels is not None and audio_len > 0:
             audio = self.model.encode_audio(audio_mels)
         if image_pixels is not None and image_len > 0:
             image = self.model.encode_image(image_pixels)
@@ -122,15 +126,16 @@ class MiniOmniDecoder:
     def iter_columns(self, prompt: torch.Tensor, audio_out: bool, cfg: SamplingConfig,
                      audio_mels: torch.Tensor | None = None, audio_start: int = 1,
                      audio_len: int = 0, text_picker: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     **image: Any) -> Iterator[torch.Tensor]:
+                     **inputs: Any) -> Iterator[torch.Tensor]:
         """Yield each decoded step as a (B, 8) column (CPU), the stopping one included. B items decode in
         lock-step; text-only answers stop at EOT, audio answers when layer 6 emits EOA (for every item).
         `text_picker`: (B, V_text) text-row logits -> (B,) ids, replacing sampling of the text row (e.g. the joint
-        CTC/attention picker of omni/ctc.py)."""
+        CTC/attention picker of omni/ctc.py). `inputs`: `prefill`'s image_pixels / image_start / image_len /
+        audio_features."""
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
         tok = self.tok
         B = prompt.shape[0]
-        h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len, **image)
+        h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len, **inputs)
         text_done = torch.zeros(B, dtype=torch.bool)
         audio_done = torch.zeros(B, tok.n_audio_layers, dtype=torch.bool)
         for k in range(cfg.max_new_tokens):

@@ -60,18 +60,23 @@ class MiniOmniInference:
         if task == "a1a2" and batch_parallel:
             a1t2, _, _ = self.prompt(example, "a1t2")
             return iter_batch_parallel(self.model, prompt, a1t2, mels, T, sampling)
-        picker = self.ctc_picker(mels, T, sampling.ctc_weight) if task == "asr" and sampling.ctc_weight > 0 else None
-        return MiniOmniDecoder(self.model).iter_columns(prompt, task_spec(task).audio_out, sampling, mels, 1, T,
-                                                        text_picker=picker)
+        decoder = MiniOmniDecoder(self.model)
+        if task == "asr" and sampling.ctc_weight > 0:  # the audio is encoded once, for the CTC head and the prompt
+            with torch.no_grad():
+                features = self.model.encode_audio(mels)
+            return decoder.iter_columns(prompt, False, sampling, mels, 1, T, audio_features=features,
+                                        text_picker=self.ctc_picker(features, T, sampling.ctc_weight))
+        return decoder.iter_columns(prompt, task_spec(task).audio_out, sampling, mels, 1, T)
 
     @torch.no_grad()
-    def ctc_picker(self, mels: torch.Tensor, T: int, weight: float) -> JointCTCPicker:
-        """Hybrid CTC/attention picker of one utterance (1, n_mels, F) of T encoder frames: the transcript's tokens
-        are chosen by `weight` x the model's CTC head prefix score + (1 - weight) x the text row (omni/ctc.py)."""
+    def ctc_picker(self, features: torch.Tensor, T: int, weight: float) -> JointCTCPicker:
+        """Hybrid CTC/attention picker of one utterance's encoder output (1, T_max, D) of T frames: the transcript's
+        tokens are chosen by `weight` x the model's CTC head prefix score + (1 - weight) x the text row
+        (omni/ctc.py)."""
         if self.model.audio_ctc is None:
             raise ValueError("sampling.ctc_weight > 0 needs a model with a CTC head (trained with "
                              "model.cfg.ctc_weight > 0); this checkpoint has none")
-        logp = self.model.audio_ctc(self.model.encode_audio(mels)[0, :T]).float().log_softmax(-1)  # (T, V + 1)
+        logp = self.model.audio_ctc(features[0, :T]).float().log_softmax(-1)  # (T, V + 1)
         return JointCTCPicker(CTCPrefixScorer(logp, blank=self.tok.text_vocab), weight, end=self.tok.eot,
                               vocab=self.tok.text_vocab)
 
