@@ -2,6 +2,8 @@
 and the run directory."""
 import json
 import struct
+import time
+import zlib
 
 import pytest
 import soundfile as sf
@@ -49,28 +51,37 @@ def test_callbacks_log_speech_metrics_and_samples_to_wandb(tmp_path):
     assert logged["val/speech/samples_audio/_type"] == '"audio"' and logged["val/speech/samples_audio/count"] == "2"
 
 
-def read_wandb_records(path):
-    """Protobuf records of a .wandb file: a 7-byte header (":W&B", magic, version), then LevelDB-log framing
-    (32 KiB blocks; each chunk: crc32 (4), length (2), type (1: full, 2: first, 3: middle, 4: last))."""
+def read_wandb_records(path, timeout=60.0):
+    """Protobuf records of a finished offline run's .wandb file. The file is a 7-byte header (":W&B", magic,
+    version), then LevelDB-log framing counted from the start of the file (32 KiB blocks; each chunk: crc32 of
+    type + data (4), length (2), type (1: full, 2: first, 3: middle, 4: last)). wandb's service can still be
+    writing the last block when `wandb.finish()` returns, so this waits (up to `timeout` s) for the run's `exit`
+    record; a chunk whose checksum fails is an error, never silently the end."""
     from wandb.proto import wandb_internal_pb2
 
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    pos, block, records, parts = 7, 32768, [], b""
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer too short for a header: skip to the next block
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind == 0:
-            break
-        parts = chunk if kind in (1, 2) else parts + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(parts)
-            records.append(record)
-    return records
+    deadline = time.monotonic() + timeout
+    while True:
+        data = path.read_bytes()
+        assert data[:4] == b":W&B", data[:7]
+        pos, block, records, parts = 7, 32768, [], b""
+        while pos + 7 <= len(data):
+            if block - pos % block < 7:  # block trailer too short for a header: skip to the next block
+                pos += block - pos % block
+                continue
+            crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if kind == 0 or pos + 7 + length > len(data):  # zero fill / a chunk still being written
+                break
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            assert zlib.crc32(bytes([kind]) + chunk) == crc, f"{path}: bad checksum at byte {pos - length - 7}"
+            parts = chunk if kind in (1, 2) else parts + chunk
+            if kind in (1, 4):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(parts)
+                records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout} s ({len(records)} records)"
+        time.sleep(0.2)
 
 
 def test_scorer_callbacks_need_the_speech_set(tmp_path):
