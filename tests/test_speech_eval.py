@@ -62,7 +62,7 @@ def read_wandb_records(path, timeout=60.0):
     deadline = time.monotonic() + timeout
     while True:
         data = path.read_bytes()
-        assert data[:4] == b":W&B", data[:7]
+        assert len(data) < 7 or data[:4] == b":W&B", data[:7]  # (< 7: the header itself is still being written)
         pos, block, records, parts = 7, 32768, [], b""
         while pos + 7 <= len(data):
             if block - pos % block < 7:  # block trailer too short for a header: skip to the next block
