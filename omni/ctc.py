@@ -46,20 +46,19 @@ class CTCPrefixScorer:
             raise ValueError("the blank label is not a candidate token")
         T, K = self.x.shape[0], cands.shape[0]
         xc = self.x[:, cands]  # (T, K)
-        same = torch.tensor([bool(self.prefix) and int(c) == self.prefix[-1] for c in cands])  # (K,)
+        same = cands == self.prefix[-1] if self.prefix else torch.zeros(K, dtype=torch.bool)  # (K,)
         # phi[t]: prefix h done by frame t, ready for c (a repeated label needs a blank in between)
         phi = torch.where(same.view(1, K), self.r_b.view(T, 1), torch.logaddexp(self.r_n, self.r_b).view(T, 1))
         r_n = torch.full((T, K), NEG_INF)
         r_b = torch.full((T, K), NEG_INF)
         if not self.prefix:
             r_n[0] = xc[0]  # c starts at frame 0
-        psi = r_n[0].clone()
         for t in range(1, T):
             r_n[t] = torch.logaddexp(r_n[t - 1], phi[t - 1]) + xc[t]
             r_b[t] = torch.logaddexp(r_b[t - 1], r_n[t - 1]) + self.x[t, self.blank]
-            psi = torch.logaddexp(psi, phi[t - 1] + xc[t])  # c first emitted at frame t
         self._last = (cands, r_n, r_b)
-        return psi
+        # psi: c first emitted at frame 0 (empty prefix) or at frame t >= 1 right after h
+        return torch.logsumexp(torch.cat([r_n[:1], phi[:-1] + xc[1:]]), dim=0)
 
     def advance(self, label: int) -> None:
         """Append `label` to the prefix (reusing the last `score` call's recursion when it scored it)."""
