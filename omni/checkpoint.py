@@ -31,30 +31,23 @@ def model_state_dict(ckpt: dict, prefix: str = "model.") -> dict[str, torch.Tens
 
 
 def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> None:
-    """Initialise `model` from a previous run's checkpoint (stage chaining: `init_from=...`), or from a folder:
-    a released litgpt-format Mini-Omni folder (`lit_model.pth` + `model_config.yaml`), a released Mini-Omni3 folder
-    (safetensors shards + `model_config.yaml`, for a MiniOmni3 model) or our Hugging Face export
-    (`omni_config.json`). Folders keep the model's own audio encoder (released folders do not hold Whisper)."""
+    """Initialise `model` from a previous run's checkpoint (stage chaining: `init_from=...`), or from a family's
+    released format (a folder or a released weights file): the model's family importer (`omni.families.
+    release_importer`) is asked first and takes every format its converter CLI reads, checking what the release
+    says about itself (its model_config.yaml / config.json) against the model's config. Anything it does not
+    recognise is read as a Lightning checkpoint or a bare state dict of our own names."""
+    from omni.families import release_importer
+
     path = Path(path)
-    if path.is_dir():
-        from omni.mini_omni import convert
-        from omni.mini_omni3.model import MiniOmni3
-
-        if isinstance(model, MiniOmni3) and (path / "model_config.yaml").exists():
-            from omni.mini_omni3.convert import load_release_into
-
-            load_release_into(model, path)  # released Mini-Omni3 folder: safetensors shards + index
-        elif (path / "model_config.yaml").exists():
-            convert.load_litgpt_into(model, path)
-        elif (path / "omni_config.json").exists():
-            state = convert.load_hf(path).state_dict()
-            convert.load_omni_state(model, {k: v for k, v in state.items() if not k.startswith("audio_encoder.")},
-                                    str(path))
-        else:
-            raise ValueError(f"{path}: not a checkpoint folder (expected model_config.yaml + lit_model.pth, "
-                             "or omni_config.json from an export)")
-        log.info("initialised model from folder %s", path)
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    importer = release_importer(model)
+    if importer is not None and importer(model, path):
+        log.info("initialised model from released weights %s", path)
         return
+    if path.is_dir():
+        raise ValueError(f"init_from={path}: not a checkpoint folder this model's family reads "
+                         f"({type(model).__name__})")
     from omni.mini_omni.model import AUX_PREFIXES
 
     state = model_state_dict(read_checkpoint(path))

@@ -17,6 +17,21 @@ INFERENCE[MiniOmni3] = MiniOmni3Inference  # streaming sessions (omni/mini_omni3
 INFERENCE[MiniMindO] = MiniMindOInference  # Thinker text + Talker speech (omni/minimind_o/infer.py)
 
 
+# model class -> its family's release importer `init_from(model, path) -> bool` (True: the path was a released
+# format of that family and is now loaded; False: not one of its formats, read it as our own checkpoint)
+RELEASE_IMPORTERS = {MiniOmni: "omni.mini_omni.convert", MiniOmni3: "omni.mini_omni3.convert",
+                     MiniMindO: "omni.minimind_o.convert"}
+
+
+def release_importer(model: nn.Module):
+    import importlib
+
+    for cls, module in RELEASE_IMPORTERS.items():
+        if isinstance(model, cls):
+            return importlib.import_module(module).init_from
+    return None
+
+
 def make_inference(model: nn.Module, tokenizer: Any):
     for cls, infer in INFERENCE.items():
         if isinstance(model, cls):

@@ -641,6 +641,24 @@ def base_config_from_yaml(path: str | Path) -> MiniOmniConfig:
     return MiniOmniConfig(**raw)
 
 
+def init_from(model: MiniOmni, path: str | Path) -> bool:
+    """`init_from=` for Mini-Omni: a released litgpt folder (`model_config.yaml` + `lit_model.pth`) or our Hugging
+    Face export (`omni_config.json`). Folders keep the model's own audio encoder (released folders hold no Whisper).
+    False for anything else (a Lightning checkpoint or state-dict file)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / "model_config.yaml").exists():
+        load_litgpt_into(model, path)
+    elif (path / "omni_config.json").exists():
+        state = load_hf(path).state_dict()
+        load_omni_state(model, {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, str(path))
+    else:
+        raise ValueError(f"{path}: not a Mini-Omni checkpoint folder (expected model_config.yaml + lit_model.pth, "
+                         "or omni_config.json from an export)")
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """python -m omni.mini_omni.convert {litgpt-to-hf,hf-to-litgpt,ckpt-to-litgpt,ckpt-to-hf} SRC DST [--whisper-path P]
     [--model-config conf/model/X.yaml] [--skip-vision]"""

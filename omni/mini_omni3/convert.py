@@ -150,6 +150,16 @@ def load_release(folder: str | Path, base: MiniOmni3Config | None = None) -> Min
     return model.eval()
 
 
+def init_from(model: MiniOmni3, path: str | Path) -> bool:
+    """`init_from=` for Mini-Omni3: a released folder (litgpt safetensors shards + index + `model_config.yaml`).
+    False for anything else (a Lightning checkpoint or our safetensors state dict)."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "model_config.yaml").exists()):
+        return False
+    load_release_into(model, path)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m omni.mini_omni3.convert import RELEASE_FOLDER OUT.safetensors [--model-config YAML]: our state dict
     (LLM + tower) that `init_from=OUT.safetensors` loads into `model=mini_omni3`."""

@@ -243,6 +243,16 @@ def _from_checkpoint(path: str) -> MiniMindO:
     return load_for_eval(path)[0]
 
 
+def init_from(model: MiniMindO, path: str | Path) -> bool:
+    """`init_from=` for MiniMind-O: a released `.pth` state dict or a Transformers-format folder (released names
+    `model.*` / `talker.*`). False for our own Lightning checkpoints (`state_dict` with `model.thinker.*`)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    load_released_into(model, path)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m omni.minimind_o.convert", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
