@@ -34,6 +34,8 @@ def test_token_table_released_values():
 
 
 def test_a1a2_table():
+    """Spec pin (2026-12): the released decoder feeds back what the model emits in layer i's fill steps (k <= i) and
+    after its EOA, so those positions carry PAD_A (51) TARGETS; the text row after EOT (forced PAD_T) does not."""
     lay = build_example(TOK, "a1a2", answer_ids=[7, 8], n_audio_frames=2, answer_codes=codes(2))
     assert (lay.audio_start, lay.audio_len, lay.prompt_len) == (1, 2, 5)
     text_in, text_tg = rows(lay, 7)
@@ -41,13 +43,13 @@ def test_a1a2_table():
     assert text_tg == [X, X, X, X, 7, 8, 100, X, X, X, X, X, X, X]
     a0_in, a0_tg = rows(lay, 0)
     assert a0_in == [52, 51, 51, 50, 53, 51, 0, 1, 50, 51, 51, 51, 51, 51]
-    assert a0_tg == [X, X, X, X, X, 0, 1, 50, X, X, X, X, X, X]
+    assert a0_tg == [X, X, X, X, 51, 0, 1, 50, 51, 51, 51, 51, 51, 51]
     a3_in, a3_tg = rows(lay, 3)
     assert a3_in == [52, 51, 51, 50, 53, 51, 51, 51, 51, 15, 16, 50, 51, 51]
-    assert a3_tg == [X, X, X, X, X, X, X, X, 15, 16, 50, X, X, X]
+    assert a3_tg == [X, X, X, X, 51, 51, 51, 51, 15, 16, 50, 51, 51, 51]
     a6_in, a6_tg = rows(lay, 6)
     assert a6_in == [52, 51, 51, 50, 53, 51, 51, 51, 51, 51, 51, 51, 30, 31]
-    assert a6_tg == [X, X, X, X, X, X, X, X, X, X, X, 30, 31, 50]
+    assert a6_tg == [X, X, X, X, 51, 51, 51, 51, 51, 51, 51, 30, 31, 50]
 
 
 @pytest.mark.parametrize("task,text_task", [("asr", 104), ("a1t2", 103)])
@@ -70,9 +72,9 @@ def test_t1a2_and_tts_tables():
     assert rows(lay, 7) == ([102, 3, 100, 103, 7, 100, 101, 101, 101, 101, 101, 101],
                             [X, X, X, 7, 100, X, X, X, X, X, X, X])
     assert rows(lay, 0) == ([51, 51, 51, 53, 51, 0, 50, 51, 51, 51, 51, 51],
-                            [X, X, X, X, 0, 50, X, X, X, X, X, X])
+                            [X, X, X, 51, 0, 50, 51, 51, 51, 51, 51, 51])
     assert rows(lay, 6) == ([51, 51, 51, 53, 51, 51, 51, 51, 51, 51, 51, 30],
-                            [X, X, X, X, X, X, X, X, X, X, 30, 50])
+                            [X, X, X, 51, 51, 51, 51, 51, 51, 51, 30, 50])
     tts = build_example(TOK, "tts", question_ids=[7], answer_ids=[7], answer_codes=codes(1))
     assert tts.inputs[7].tolist() == [102, 7, 100, 103, 7, 100, 101, 101, 101, 101, 101, 101]
     assert tts.targets[7].tolist() == [X] * 12  # TTS: audio loss only
@@ -82,9 +84,13 @@ def test_t1a2_and_tts_tables():
 def test_answer_grid_delay_is_i_plus_one():
     grid, real = answer_grid(TOK, [9], codes(3))
     for i in range(7):
-        assert grid[i, : i + 1].tolist() == [51] * (i + 1) and not real[i, : i + 1].any()
+        assert grid[i, : i + 1].tolist() == [51] * (i + 1)
         assert grid[i, i + 1 : i + 4].tolist() == [5 * i, 5 * i + 1, 5 * i + 2]
-        assert grid[i, i + 4] == 50 and real[i, i + 1 : i + 5].all()
+        assert grid[i, i + 4] == 50 and grid[i, i + 5:].tolist() == [51] * (11 - i - 5)
+        assert real[i].all()  # fill, frames, EOA and the padding after it are all targets (K = 3 + 7 + 1 = 11)
+    assert real[7].tolist() == [True, True] + [False] * 9  # text: token, EOT; PAD_T after it is no target
+    _, text_only = answer_grid(TOK, [9], None)
+    assert text_only[:7].sum() == 0  # text-only answers: audio rows carry no target
 
 
 def test_bad_requests_fail_clearly():

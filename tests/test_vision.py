@@ -175,7 +175,8 @@ def test_tts_adapter_gives_alignment_tts_a_trainable_path(tiny_model_cfg):
     batch = {"input_ids": lay.inputs.unsqueeze(0), "targets": lay.targets.unsqueeze(0),
              "attention_mask": torch.ones(1, lay.inputs.shape[1], dtype=torch.long)}
     out = m(batch)
-    assert out["loss"].requires_grad and int(out["n_audio_targets"]) == 7 * 4
+    # every answer step of every layer is an audio target: K = 3 frames + 7 + 1 = 11 steps (fill, EOA, PAD_A after)
+    assert out["loss"].requires_grad and int(out["n_audio_targets"]) == 7 * 11
     out["loss"].backward()
     assert m.tts_adapter.head.weight.grad.abs().sum() > 0
     assert m.tts_adapter.blocks.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0

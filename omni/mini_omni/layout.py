@@ -6,7 +6,10 @@ T = audio-encoder frames, n = question text tokens, m = answer text tokens, N = 
 A training sequence is `prompt ++ answer` where the answer grid is delayed MusicGen-style: at answer step k the
 text row holds answer token k and audio layer i holds frame k - i - 1 (spec: "layer i runs i+1 steps behind").
 Inputs are the grid without its last column, targets are the grid shifted left by one, with IGNORE wherever the
-spec says no loss (prompt, fill before a layer starts, padding after EOT / EOA, rows the task does not train).
+spec says no loss (prompt, text padding after EOT, rows the task does not train). For audio-output tasks every
+answer step of every audio layer is a target, its PAD_A fill before the layer starts (steps k <= i) and its PAD_A
+padding after its EOA included: the released decoding feeds back whatever the model emits there (spec, "Facts
+pinned ... 2026-12"), so the model must learn to emit PAD_A by itself.
 """
 from __future__ import annotations
 
@@ -123,9 +126,10 @@ def answer_grid(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Delayed answer grid (8, K) and its "is a real target" mask (8, K).
 
-    codes: (N, 7) local SNAC ids in spec stream order, or None for a text-only answer.
-    Text row: tokens, EOT, then PAD_T (not a target). Audio layer i: PAD_A fill for steps 0..i (not a target),
-    frames 0..N-1, EOA, then PAD_A (not a target). K = max(m + 1, N + n_layers + 1).
+    codes: (N, 7) local SNAC ids in spec stream order, or None for a text-only answer (audio rows PAD_A, no target).
+    Text row: tokens, EOT, then PAD_T (not a target: the released decoder forces PAD_T after EOT). Audio layer i:
+    PAD_A fill for steps 0..i, frames 0..N-1, EOA, then PAD_A up to K - 1, ALL targets (the released decoder feeds
+    back what the model emits in the fill and after EOA, it forces nothing). K = max(m + 1, N + n_layers + 1).
     """
     m = len(text_ids)
     n_layers = tok.n_audio_layers
@@ -143,7 +147,7 @@ def answer_grid(
         for i in range(n_layers):
             grid[i, i + 1 : i + 1 + n_frames] = codes[:, i]
             grid[i, i + 1 + n_frames] = tok.eoa
-            real[i, i + 1 : i + 2 + n_frames] = True
+        real[: n_layers] = True  # fill (PAD_A), frames, EOA and the PAD_A after it
     return grid, real
 
 
