@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from omni.minimind_o.model import MiniMindO, MiniMindOConfig
+from omni.minimind_o.model import RMS_NORM_EPS, MiniMindO, MiniMindOConfig
 
 log = logging.getLogger(__name__)
 RELEASED_PREFIXES = ("model.", "lm_head.", "talker.", "audio_proj.", "vision_proj.")
@@ -100,11 +101,74 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def infer_config(state: dict[str, torch.Tensor], base: MiniMindOConfig, hf_config: dict | None = None
-                 ) -> MiniMindOConfig:
-    """The MiniMindOConfig of released-name weights: dims from tensor shapes, the rest from `base` / config.json."""
+# config.json keys (released MiniMind / our `export_hf` names) that describe the architecture; `facts` gives
+# a config's value under the same key, so a release's own statement is compared key by key
+CONFIG_KEYS = {
+    "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads", "num_key_value_heads": "num_key_value_heads",
+    "head_dim": "head_dim", "intermediate_size": "intermediate_size", "vocab_size": "vocab_size",
+    "rms_norm_eps": "rms_norm_eps", "rope_theta": "rope_theta", "bridge_layer": "bridge_layer",
+    "talker_hidden_size": "talker_hidden", "talker_hidden": "talker_hidden", "talker_layers": "talker_layers",
+    "num_experts_per_tok": "top_k", "n_routed_experts": "n_experts",
+}
+
+
+def facts(cfg: MiniMindOConfig) -> dict[str, Any]:
+    """A resolved config's architecture values under our fact names (the values of CONFIG_KEYS)."""
+    t = cfg.thinker_config
+    talker = cfg.talker_config(t)
+    out = {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers,
+           "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
+           "head_dim": t.head_dim, "intermediate_size": t.intermediate_size, "vocab_size": t.vocab_size,
+           "rms_norm_eps": float(t.rms_norm_eps), "rope_theta": float(t.rope_parameters["rope_theta"]),
+           "bridge_layer": cfg.bridge_layer, "talker_hidden": talker.hidden_size, "talker_layers": cfg.talker_layers,
+           "talker_rms_norm_eps": float(talker.rms_norm_eps),
+           "talker_rope_theta": float(talker.rope_parameters["rope_theta"]),
+           "talker_heads": talker.num_attention_heads, "talker_kv_heads": talker.num_key_value_heads,
+           "talker_intermediate_size": talker.intermediate_size, "adapter_dim": cfg.adapter_dim,
+           "spk_dim": cfg.spk_dim, "audio_vocab": cfg.tokens.audio_vocab, "moe": bool(cfg.moe)}
+    if cfg.moe:
+        out.update(top_k=cfg.moe["top_k"], n_experts=cfg.moe["n_experts"])
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def check_config_json(hf: dict, implied: MiniMindOConfig, path: str | Path) -> None:
+    """Every architecture key a release's config.json states must equal what its tensors (and the rules of the
+    spec) imply; otherwise fail naming the key and both values."""
+    have = facts(implied)
+    for key, name in CONFIG_KEYS.items():
+        if key in hf and hf[key] is not None and name in have and not _same(hf[key], have[name]):
+            raise ValueError(f"{path}: config.json {key}={hf[key]!r} but the weights imply {name}={have[name]!r}")
+
+
+def check_against_model(model_cfg: MiniMindOConfig, implied: MiniMindOConfig, path: str | Path) -> None:
+    """init_from: what a release says about itself (tensors, config.json, the bridge rule) must equal the chosen
+    model config; a mismatch fails at start naming the key and both values (a base config never overrides it)."""
+    want, have = facts(implied), facts(model_cfg)
+    for key in want:
+        if not _same(want[key], have.get(key)):
+            raise ValueError(f"init_from={path}: the release has {key}={want[key]!r} but the model config has "
+                             f"{key}={have.get(key)!r} (set model.cfg to the release's value)")
+
+
+def infer_config(state: dict[str, torch.Tensor], base: MiniMindOConfig, hf_config: dict | None = None,
+                 source: str | Path = "config.json") -> MiniMindOConfig:
+    """The MiniMindOConfig of released-name weights: dims from tensor shapes; RMSNorm eps, RoPE base, MoE top-k
+    and `bridge_layer` from config.json when it names them, else eps / RoPE / top-k from `base` (released
+    defaults 1e-6 / 1e6 / 1) and the bridge from the checkpoint's own depth (`num_layers // 2 - 1`, never the
+    base's value). Keys config.json states are checked against the tensors (`check_config_json`)."""
     hf = hf_config or {}
     s = {k: v.shape for k, v in state.items()}
+    for key in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_norm.weight", "talker.norm.weight"):
+        if key not in s:
+            raise ValueError(f"not a MiniMind-O release: no {key} (released names model.* / talker.* / "
+                             "audio_proj.* / vision_proj.*)")
 
     def n_layers(prefix: str) -> int:
         return 1 + max(int(m.group(1)) for k in s if (m := re.match(prefix + r"(\d+)\.", k)))
@@ -115,13 +179,14 @@ def infer_config(state: dict[str, torch.Tensor], base: MiniMindOConfig, hf_confi
     rope = dict(base.thinker.get("rope_parameters") or {"rope_type": "default", "rope_theta": 1e6})
     if "rope_theta" in hf:
         rope["rope_theta"] = float(hf["rope_theta"])
+    depth = n_layers(r"model\.layers\.")
     thinker = {
         **base.thinker,
-        "hidden_size": s["model.embed_tokens.weight"][1], "num_hidden_layers": n_layers(r"model\.layers\."),
+        "hidden_size": s["model.embed_tokens.weight"][1], "num_hidden_layers": depth,
         "num_attention_heads": s["model.layers.0.self_attn.q_proj.weight"][0] // head_dim,
         "num_key_value_heads": s["model.layers.0.self_attn.k_proj.weight"][0] // head_dim,
         "head_dim": head_dim, "intermediate_size": ffn, "rope_parameters": rope,
-        "rms_norm_eps": float(hf.get("rms_norm_eps", base.thinker.get("rms_norm_eps", 1e-5))),
+        "rms_norm_eps": float(hf.get("rms_norm_eps", base.thinker.get("rms_norm_eps", RMS_NORM_EPS))),
     }
     talker_heads = s["talker.layers.0.self_attn.q_proj.weight"][0] // s["talker.layers.0.self_attn.q_norm.weight"][0]
     talker_ffn = "talker.layers.0.mlp.experts.0.gate_proj.weight" if moe else "talker.layers.0.mlp.gate_proj.weight"
@@ -137,7 +202,8 @@ def infer_config(state: dict[str, torch.Tensor], base: MiniMindOConfig, hf_confi
         if spec.out_dim != s[key][0]:
             raise ValueError(f"{key} expects {s[key][0]}-d encoder features but the configured "
                              f"{spec.kind} encoder gives {spec.out_dim}: set model.cfg.{key.split('_')[0]}_encoder")
-    return dataclasses.replace(
+    bridge = hf.get("bridge_layer")
+    cfg = dataclasses.replace(
         base, tokens=tokens, thinker=thinker, thinker_path=None, talker_hidden=s["talker.norm.weight"][0],
         talker_layers=n_layers(r"talker\.layers\."),
         talker={"num_attention_heads": talker_heads, "intermediate_size": s[talker_ffn][0],
@@ -146,13 +212,16 @@ def infer_config(state: dict[str, torch.Tensor], base: MiniMindOConfig, hf_confi
                 "head_dim": s["talker.layers.0.self_attn.q_norm.weight"][0]},
         adapter_dim=s["talker.lm_head.adapters.0.0.weight"][0], spk_dim=s["talker.spk_proj.weight"][1],
         moe=moe_cfg, talker_init_from_thinker=False, audio_encoder=audio, vision_encoder=vision,
+        bridge_layer=depth // 2 - 1 if bridge is None else int(bridge),
     )
+    check_config_json(hf, cfg, source)
+    return cfg
 
 
 def load_released(path: str | Path, base: MiniMindOConfig, dtype: torch.dtype = torch.float32) -> MiniMindO:
     """Build a MiniMindO from released weights (`.pth` or folder); parameters cast to `dtype`."""
     released, hf = read_state(path)
-    model = MiniMindO(infer_config(released, base, hf))
+    model = MiniMindO(infer_config(released, base, hf, source=path))
     load_released_into(model, path, state=released)
     return model.to(dtype)
 
@@ -243,13 +312,40 @@ def _from_checkpoint(path: str) -> MiniMindO:
     return load_for_eval(path)[0]
 
 
-def init_from(model: MiniMindO, path: str | Path) -> bool:
-    """`init_from=` for MiniMind-O: a released `.pth` state dict or a Transformers-format folder (released names
-    `model.*` / `talker.*`). False for our own Lightning checkpoints (`state_dict` with `model.thinker.*`)."""
+def is_released_file(path: str | Path) -> bool:
+    """A single weights file in the released names (`model.embed_tokens.weight`, no `model.thinker.*` and no
+    Lightning `state_dict`): the released fp16 `.pth` or a `.safetensors` / `.bin` of the same names. Reads the
+    key names only (safetensors header; torch files memory-mapped where the format allows)."""
     path = Path(path)
-    if not path.is_dir():
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict) or "state_dict" in obj:
+            return False
+        keys = set(obj)
+    return "model.embed_tokens.weight" in keys and not any(str(k).startswith("model.thinker.") for k in keys)
+
+
+def init_from(model: MiniMindO, path: str | Path) -> bool:
+    """`init_from=` for MiniMind-O, through the same code as `python -m omni.minimind_o.convert import`: a released
+    `.pth` state dict (recognised by its key names) or a Transformers-format folder (config.json + weights).
+    What the release says about itself (its tensors, its config.json, the bridge rule) must equal the model's
+    config (`check_against_model`). False for anything else (our own Lightning checkpoints `state_dict` with
+    `model.thinker.*`, or the `import` command's output in our names): the generic loader reads those."""
+    path = Path(path)
+    if not (path.is_dir() or is_released_file(path)):
         return False
-    load_released_into(model, path)
+    released, hf = read_state(path)
+    implied = infer_config(released, model.cfg, hf, source=path / "config.json" if path.is_dir() else path)
+    check_against_model(model.cfg, implied, path)
+    load_released_into(model, path, state=released)
     return True
 
 

@@ -27,6 +27,7 @@ from omni.minimind_o.talker import Talker, moe_aux_loss, use_moe
 from omni.minimind_o.tokens import IGNORE, MiniMindOTokens
 
 THINKER_DERIVED = ("vocab_size", "tie_word_embeddings")
+RMS_NORM_EPS = 1e-6  # released: every RMSNorm (Thinker, q/k norms, Talker, codec_proj, embed_proj); spec pinned facts
 
 
 def minimind_ffn(hidden: int) -> int:
@@ -71,6 +72,8 @@ class MiniMindOConfig:
                 raise ValueError(f"model.thinker.{key} is derived (tokens.text_vocab, tied head); remove it")
         if self.thinker_path is None and "hidden_size" not in self.thinker:
             raise ValueError("model.thinker needs Qwen3Config kwargs (hidden_size, ...) or set model.thinker_path")
+        if self.thinker_path is None:
+            self.thinker.setdefault("rms_norm_eps", RMS_NORM_EPS)
         n = self.n_thinker_layers
         if self.bridge_layer is None:
             self.bridge_layer = n // 2 - 1

@@ -50,15 +50,17 @@ class CodebookHead(nn.Module):
         return self.base(h) + self.adapters[codebook](h)
 
 
-def mlp_proj(d_in: int, d_out: int) -> nn.Sequential:
-    """Linear(d_in, d_in) -> GELU -> Linear(d_in, d_out) -> RMSNorm (codec_proj / embed_proj)."""
-    return nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out), Qwen3RMSNorm(d_out))
+def mlp_proj(d_in: int, d_out: int, eps: float) -> nn.Sequential:
+    """Linear(d_in, d_in) -> GELU -> Linear(d_in, d_out) -> RMSNorm (codec_proj / embed_proj; released eps 1e-6,
+    the Talker layers' eps)."""
+    return nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out), Qwen3RMSNorm(d_out, eps=eps))
 
 
 class MoEFeedForward(nn.Module):
-    """Top-k routed SwiGLU experts (released MoE: 4 experts, top-1, no shared expert). The routing weight is the
-    softmax probability of the chosen expert (renormalised when k > 1). `aux_loss` after a forward is the
-    Switch-style load-balancing loss E * sum_i f_i * P_i (f: routed fraction, P: mean probability)."""
+    """Top-k routed SwiGLU experts (released MoE: 4 experts, top-1, no shared expert). The chosen experts' softmax
+    probabilities are renormalised to sum to 1 for EVERY k, top-1 included (released: a top-1 expert's output is
+    not scaled by its probability; the gate then learns through the aux loss only). `aux_loss` after a forward is
+    the Switch-style load-balancing loss E * sum_i f_i * P_i (f: routed fraction, P: mean probability)."""
 
     def __init__(self, config: Qwen3Config, n_experts: int, top_k: int) -> None:
         super().__init__()
@@ -72,8 +74,7 @@ class MoEFeedForward(nn.Module):
         flat = x.reshape(-1, shape[-1])  # (N, H)
         probs = self.gate(flat).float().softmax(dim=-1)  # (N, E)
         weight, idx = probs.topk(self.top_k, dim=-1)  # (N, k)
-        if self.top_k > 1:
-            weight = weight / weight.sum(dim=-1, keepdim=True)
+        weight = weight / weight.sum(dim=-1, keepdim=True)  # (N, k); all ones for top-1
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = torch.nonzero(idx == e, as_tuple=True)
@@ -108,8 +109,8 @@ class Talker(nn.Module):
         self.rotary_emb = Qwen3RotaryEmbedding(config=config)
         self.lm_head = CodebookHead(n_codebooks, audio_vocab, h, adapter_dim)
         self.embed_tokens = CodebookEmbedding(n_codebooks, audio_vocab, h, adapter_dim)
-        self.codec_proj = mlp_proj(h, h)
-        self.embed_proj = mlp_proj(thinker_hidden, h)
+        self.codec_proj = mlp_proj(h, h, config.rms_norm_eps)
+        self.embed_proj = mlp_proj(thinker_hidden, h, config.rms_norm_eps)
         self.text_scale = nn.Parameter(torch.tensor(float(text_scale)))
         self.audio_scale = nn.Parameter(torch.tensor(float(audio_scale)))
         self.spk_proj = nn.Linear(spk_dim, h, bias=False)
