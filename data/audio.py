@@ -13,7 +13,26 @@ import soxr
 
 
 class AudioDecodeError(ValueError):
-    """Raised when audio bytes are empty, corrupt or in a format soundfile cannot read."""
+    """Raised when audio bytes are empty, corrupt or in a format soundfile cannot read. `reason` is the skip
+    reason a data loader records for it."""
+
+    reason = "bad_audio"
+
+
+class NonFiniteAudio(AudioDecodeError):
+    """Decoded samples that are NaN or +-inf (a float WAV / FLAC can hold them): never trained on, never encoded."""
+
+    reason = "nonfinite_audio"
+
+
+def check_finite(wav: np.ndarray, what: str = "audio") -> np.ndarray:
+    """`wav` unchanged, or NonFiniteAudio naming how many samples are NaN / inf and the first one."""
+    bad = ~np.isfinite(wav)
+    if bad.any():
+        first = int(np.flatnonzero(bad.reshape(-1))[0])
+        raise NonFiniteAudio(f"{what} has {int(bad.sum())} non-finite (NaN/inf) sample(s) of {wav.size}, "
+                             f"the first at sample {first}")
+    return wav
 
 
 def to_mono(wav: np.ndarray) -> np.ndarray:
@@ -43,7 +62,7 @@ def read_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
         raise AudioDecodeError(f"cannot decode audio ({len(data)} bytes): {exc}") from exc
     if wav.shape[0] == 0:
         raise AudioDecodeError(f"audio has no samples ({len(data)} bytes)")
-    return to_mono(wav), int(sr)
+    return check_finite(to_mono(wav), f"decoded audio ({len(data)} bytes)"), int(sr)
 
 
 def decode_audio(data: bytes, target_sr: int) -> np.ndarray:
@@ -67,7 +86,7 @@ def audio_duration(data: bytes) -> float:
 
 def _encode(wav: np.ndarray, sr: int, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
-    sf.write(buf, np.clip(to_mono(wav), -1.0, 1.0), sr, format=fmt, subtype="PCM_16", **kwargs)
+    sf.write(buf, np.clip(check_finite(to_mono(wav), "audio to encode"), -1.0, 1.0), sr, format=fmt, subtype="PCM_16", **kwargs)
     return buf.getvalue()
 
 

@@ -32,6 +32,7 @@ LIGHT_COLUMNS = ("id", "task", "duration_s", "n_frames", "question_text", "answe
 MASK = np.uint16  # task bitmask dtype: bit i = TASK_ORDER[i]
 SAMPLE_RATE = 16000  # Whisper input rate
 HOP = 160  # Whisper mel hop (10 ms): 100 mel frames per second, 2 per encoder frame
+DURATION_TOLERANCE_S = 0.02  # decoded audio may exceed its declared duration_s by one encoder frame (resampling)
 # the column that usually dominates a task's length (named in "too_long" skip records)
 LENGTH_COLUMN = {"asr": "question_audio", "a1t2": "question_audio", "a1a2": "answer_codes",
                  "t1t2": "answer_text", "t1a2": "answer_codes", "tts": "answer_codes",
@@ -96,6 +97,43 @@ class RowIndex:
         """(file, row group, row in group, row in file) of kept row `i`."""
         return self.files[self.shard[i]], int(self.group[i]), int(self.row_in_group[i]), int(self.row_in_file[i])
 
+    # -- bad inputs every family's index records the same way (`skipped`; strict: ValueError naming them) ------
+    def _open_shard(self, path: str) -> pq.ParquetFile | None:
+        """The open parquet file, or None when its footer cannot be read (truncated / corrupt file): recorded as one
+        `unreadable_shard` record (row -1: its row count is unknown); strict: ValueError naming the path."""
+        try:
+            return pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as exc:
+            detail = f"cannot open the parquet file (truncated or corrupt; its rows are not counted): {exc}"
+            if self.strict:
+                raise ValueError(f"{path}: {detail}") from exc
+            self.skipped.append(Skipped(path, -1, "*", "*", "unreadable_shard", detail))
+            return None
+
+    def _read_group(self, pf: pq.ParquetFile, path: str, group: int, first_row: int,
+                    columns: list[str] | None) -> pa.Table | None:
+        """Row group `group` (its first row is file row `first_row`), or None when it cannot be read: each of its
+        rows is recorded (`unreadable`, id '?'); strict: ValueError naming the path and row group."""
+        try:
+            return pf.read_row_group(group, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            size = pf.metadata.row_group(group).num_rows
+            detail = f"row group {group} (file rows {first_row}-{first_row + size - 1}) cannot be read: {exc}"
+            if self.strict:
+                raise ValueError(f"{path}: {detail}") from exc
+            self.skipped.extend(Skipped(path, r, "?", "*", "unreadable", detail)
+                                for r in range(first_row, first_row + size))
+            return None
+
+    def _claim_id(self, row_id: Any, path: str, row: int) -> None:
+        """Register the id of a row about to be kept; RowError('id', 'duplicate_id') when an earlier kept row of
+        this index has it (the later row is the one left out: ids name rows in reports and eval outputs)."""
+        seen = self.__dict__.setdefault("_ids", {})
+        if row_id in seen:
+            first = seen[row_id]
+            raise RowError("id", "duplicate_id", f"id {row_id!r} is already used by {first[0]} row {first[1]}")
+        seen[row_id] = (path, int(row))
+
 
 class RowGroupDataset(Dataset):
     """Map-style dataset over a `RowIndex`; an item key is (row, task) as yielded by the batch sampler (a bare row:
@@ -109,6 +147,9 @@ class RowGroupDataset(Dataset):
     strict: bool
     unreadable = "cannot read the row: {exc}"  # RowError detail when a row group cannot be read ({group}, {exc})
     stamp_id = False  # True: the example's "id" is the `_row_ids` one
+    # example key -> the column it is computed from: float tensors (or lists of them) under these keys must be
+    # finite, else the row is a `nonfinite_features` RowError naming that column (nothing non-finite trains)
+    feature_columns: dict[str, str] = {}
 
     def _init_cache(self, cache_row_groups: int) -> None:
         self.cache_row_groups = int(cache_row_groups)
@@ -151,6 +192,17 @@ class RowGroupDataset(Dataset):
         """A read row -> its example dict (raises RowError). Default: `example(rec)` (the row names its task)."""
         return self.example(rec)
 
+    def _check_finite(self, example: dict[str, Any]) -> None:
+        """RowError(column, 'nonfinite_features') when a `feature_columns` tensor holds NaN / inf."""
+        for key, column in self.feature_columns.items():
+            value = example.get(key)
+            for t in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    bad = int((~torch.isfinite(t)).sum())
+                    if bad:
+                        raise RowError(column, "nonfinite_features",
+                                       f"{key} computed from {column} holds {bad} non-finite (NaN/inf) value(s)")
+
     def __getitem__(self, item: tuple[int, str] | int) -> dict[str, Any] | Skipped:
         """(row, task) -> the subclass's example dict + file, row (the row number in file), or `Skipped`."""
         row, task = (item, self.index.tasks_of(item)[0]) if isinstance(item, (int, np.integer)) else item
@@ -162,6 +214,7 @@ class RowGroupDataset(Dataset):
             except (OSError, pa.ArrowException) as exc:
                 raise RowError("*", "unreadable", self.unreadable.format(group=group, exc=exc)) from exc
             example = self._example(rec, task)
+            self._check_finite(example)
         except RowError as err:
             named, row_id = self._row_ids(rec, path, in_file)
             if self.strict:
@@ -214,10 +267,16 @@ class ParquetIndex(RowIndex):
         self.n_groups = group_base
 
     def _index_file(self, shard: int, path: str, group_base: int) -> dict[str, np.ndarray]:
-        pf = pq.ParquetFile(path)
-        validate_table(pf.schema_arrow, path)
-        table = pf.read(columns=list(LIGHT_COLUMNS))  # column projection: audio / codes bytes are never read
-        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        pf = self._open_shard(path)
+        if pf is None:  # unreadable footer: recorded, no rows
+            pf_sizes: list[int] = []
+            table = pa.table({c: pa.array([], type=SCHEMA.field(c).type) for c in LIGHT_COLUMNS})
+            readable = np.zeros(0, dtype=bool)
+        else:
+            validate_table(pf.schema_arrow, path)
+            pf_sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+            table, readable = self._read_light(pf, path, pf_sizes)
+        sizes = pf_sizes
         n = table.num_rows
         group = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
         starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes).astype(np.int64)
@@ -228,22 +287,81 @@ class ParquetIndex(RowIndex):
             "row_in_group": (np.arange(n) - starts).astype(np.int32),
             "row_in_file": np.arange(n, dtype=np.int32),
             "duration": table["duration_s"].to_numpy(zero_copy_only=False).astype(np.float32),
-            "n_frames": table["n_frames"].to_numpy(zero_copy_only=False).astype(np.int32),
+            "n_frames": pc.fill_null(table["n_frames"], 0).to_numpy(zero_copy_only=False).astype(np.int32),
             "q_chars": _char_lengths(table["question_text"]),
             "a_chars": _char_lengths(table["answer_text"]),
-            "has_image": _has_image(pf, n),
+            "has_image": _image_present(table, n),
         }
         ids = table["id"].to_pylist()
-        mask = self._eligibility(path, table["task"].to_pylist(), cols, ids)
+        self._check_values(path, cols, table, ids, readable)
+        mask = self._eligibility(path, table["task"].to_pylist(), cols, ids,
+                                 recorded={int(r) for r in np.flatnonzero(~readable)})
         cols["task_mask"], cols["lengths"] = self._length_checks(path, mask, cols, ids)
+        self._unique_ids(path, cols["task_mask"], ids)
         cols["n_groups"] = len(sizes)
         return cols
+
+    def _read_light(self, pf: pq.ParquetFile, path: str, sizes: list[int]) -> tuple[pa.Table, np.ndarray]:
+        """The light columns (+ the optional `image`) of every row of `pf` and (n,) bool readable. A row group that
+        cannot be read is recorded row by row (`_read_group`; strict: ValueError naming path and row group) and
+        stands in as null rows, which no task can use."""
+        columns = list(LIGHT_COLUMNS) + (["image"] if "image" in pf.schema_arrow.names else [])
+        try:  # column projection: audio / codes bytes are never read
+            table = pf.read(columns=columns)
+            return table, np.ones(table.num_rows, dtype=bool)
+        except (OSError, pa.ArrowException):
+            pass  # find the unreadable row group(s)
+        schema = pa.schema([pa.field(c, pf.schema_arrow.field(c).type) for c in columns])  # all nullable
+        parts, readable, first = [], [], 0
+        for g, size in enumerate(sizes):
+            part = self._read_group(pf, path, g, first, columns)
+            readable.append(np.full(size, part is not None))
+            parts.append(part.cast(schema) if part is not None else
+                         pa.table({c: pa.nulls(size, type=schema.field(c).type) for c in columns}, schema=schema))
+            first += size
+        return pa.concat_tables(parts), np.concatenate(readable) if readable else np.zeros(0, dtype=bool)
+
+    def _bad(self, path: str, row: int, row_id: Any, column: str, reason: str, detail: str) -> None:
+        """A data error in one row: ValueError naming file, row, id and column when strict, else recorded."""
+        if self.strict:
+            raise ValueError(f"{path}: row {row} (id={row_id!r}), column {column!r}: {detail}")
+        self._skip(path, row, row_id, column, reason, detail)
+
+    def _check_values(self, path: str, cols: dict, table: pa.Table, ids: list, readable: np.ndarray) -> None:
+        """Whitespace-only question / answer text counts as absent (`blank_text`: the tasks needing it are
+        dropped); a NaN, inf or negative duration_s drops the row's audio tasks (`bad_duration`: lengths and the
+        encoder-window check are computed from it). Each is recorded with the row id (strict: ValueError)."""
+        for column, key in (("question_text", "q_chars"), ("answer_text", "a_chars")):
+            col = table[column]
+            trimmed = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0).to_numpy(zero_copy_only=False)
+            for row in np.flatnonzero((cols[key] > 0) & (trimmed == 0) & readable):
+                self._bad(path, int(row), ids[row], column, "blank_text", f"{column} is whitespace only")
+                cols[key][row] = 0
+        dur = cols["duration"]
+        dur[~readable] = 0.0  # null stand-ins of unreadable row groups
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(dur) | (dur < 0)
+        for row in np.flatnonzero(bad & readable):
+            self._bad(path, int(row), ids[row], "duration_s", "bad_duration",
+                      f"duration_s is {float(dur[row])!r} (must be a finite number >= 0)")
+            dur[row] = 0.0
+
+    def _unique_ids(self, path: str, mask: np.ndarray, ids: list) -> None:
+        """A kept row whose id an earlier kept row of this index has is left out (`duplicate_id`, in `mask`)."""
+        for row in np.flatnonzero(mask != 0):
+            try:
+                self._claim_id(ids[row], path, int(row))
+            except RowError as err:
+                self._bad(path, int(row), ids[row], "id", err.reason, err.detail)
+                mask[row] = 0
 
     def _skip(self, path: str, row: int, row_id: str, column: str, reason: str, detail: str = "") -> None:
         self.skipped.append(Skipped(path, int(row), str(row_id), column, reason, detail))
 
-    def _eligibility(self, path: str, tasks: list, cols: dict, ids: list) -> np.ndarray:
-        """(n,) uint16 task bitmask from field presence and the row's `task`; records bad-task and empty rows."""
+    def _eligibility(self, path: str, tasks: list, cols: dict, ids: list, recorded: set[int] | None = None) \
+            -> np.ndarray:
+        """(n,) uint16 task bitmask from field presence and the row's `task`; records bad-task and empty rows
+        (except the `recorded` ones, already recorded for another reason)."""
         present = {
             "question_audio": cols["duration"] > 0,
             "question_text": cols["q_chars"] > 0,
@@ -251,7 +369,7 @@ class ParquetIndex(RowIndex):
             "answer_codes": cols["n_frames"] > 0,
             "image": cols["has_image"],
         }
-        mask, recorded = np.zeros(len(tasks), dtype=MASK), set()
+        mask, recorded = np.zeros(len(tasks), dtype=MASK), set(recorded or ())
         for b, task in enumerate(TASK_ORDER):
             ok = np.logical_and.reduce([present[f] for f in TASK_REQUIREMENTS[task]])
             mask |= (ok.astype(MASK) << b).astype(MASK)
@@ -298,12 +416,12 @@ class ParquetIndex(RowIndex):
         return mask, lengths
 
 
-def _has_image(pf: pq.ParquetFile, n: int) -> np.ndarray:
+def _image_present(table: pa.Table, n: int) -> np.ndarray:
     """(n,) bool: the optional `image` column holds non-empty bytes. This column is read at index time (images
     are small next to audio); shards without the column have no images."""
-    if "image" not in pf.schema_arrow.names:
+    if "image" not in table.column_names:
         return np.zeros(n, dtype=bool)
-    col = pf.read(columns=["image"])["image"]
+    col = table["image"]
     return pc.fill_null(pc.greater(pc.binary_length(col), 0), False).to_numpy(zero_copy_only=False)
 
 
@@ -313,14 +431,17 @@ def calibrate_chars_per_token(paths: Any, tokenizer: Any, max_texts: int = 2000,
     and max_len hold for texts that tokenize worse than average). 1.0 when there is no text."""
     chars = toks = seen = 0
     for path in expand_paths(paths):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["question_text", "answer_text"]):
-            for text in batch.column(0).to_pylist() + batch.column(1).to_pylist():
-                if text:
-                    chars += len(text)
-                    toks += len(tokenizer.encode(text, add_special_tokens=False))
-                    seen += 1
-            if seen >= max_texts:
-                return chars / max(toks, 1) * margin
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["question_text", "answer_text"]):
+                for text in batch.column(0).to_pylist() + batch.column(1).to_pylist():
+                    if text and text.strip():
+                        chars += len(text)
+                        toks += len(tokenizer.encode(text, add_special_tokens=False))
+                        seen += 1
+                if seen >= max_texts:
+                    return chars / max(toks, 1) * margin
+        except (OSError, pa.ArrowException):
+            continue  # an unreadable shard is recorded (or, strict, stops the run) by the index
     return chars / toks * margin if toks else 1.0
 
 
@@ -349,6 +470,7 @@ class OmniDataset(RowGroupDataset):
     """
 
     unreadable = "cannot read row group {group}: {exc}"
+    feature_columns = {"mels": "question_audio", "pixels": "image"}
 
     def __init__(
         self,
@@ -389,7 +511,10 @@ class OmniDataset(RowGroupDataset):
         for column in needs:
             if rec.get(column) in (None, b"", ""):
                 raise RowError(column, "missing", f"task {task} needs {column} but it is empty")
-        mels, n_audio = self._audio(rec["question_audio"]) if task in AUDIO_IN else (None, 0)
+            if isinstance(rec[column], str) and not rec[column].strip():
+                raise RowError(column, "blank_text", f"task {task} needs {column} but it is whitespace only")
+        mels, n_audio = self._audio(rec["question_audio"], rec.get("duration_s")) if task in AUDIO_IN \
+            else (None, 0)
         pixels = self._image(rec["image"]) if task in IMAGE_IN else None
         question_ids = None
         if task in ("t1t2", "t1a2"):
@@ -420,12 +545,18 @@ class OmniDataset(RowGroupDataset):
         except ValueError as exc:
             raise RowError("image", "bad_image", str(exc)) from exc
 
-    def _audio(self, data: bytes) -> tuple[torch.Tensor, int]:
-        """Encoded bytes -> ((n_mels, F) float32 log-mel of the padded window, T valid encoder frames)."""
+    def _audio(self, data: bytes, declared_s: float | None = None) -> tuple[torch.Tensor, int]:
+        """Encoded bytes -> ((n_mels, F) float32 log-mel of the padded window, T valid encoder frames). Audio longer
+        than its row's `duration_s` by more than one encoder frame (20 ms) is a RowError, never cut: lengths,
+        token budgets and the encoder-window check were all computed from the declared duration."""
         try:
             wav = decode_audio(data, SAMPLE_RATE)
         except AudioDecodeError as exc:
-            raise RowError("question_audio", "bad_audio", str(exc)) from exc
+            raise RowError("question_audio", exc.reason, str(exc)) from exc
+        actual = len(wav) / SAMPLE_RATE
+        if declared_s is not None and actual > float(declared_s) + DURATION_TOLERANCE_S:
+            raise RowError("question_audio", "audio_longer_than_declared",
+                           f"the audio lasts {actual:.3f} s but duration_s declares {float(declared_s):.3f} s")
         feats = self.features(wav, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length",
                               max_length=self.n_samples, truncation=True)["input_features"][0]
         n_frames = int(encoder_frames(len(wav) / SAMPLE_RATE, self.max_source_positions))
