@@ -57,6 +57,15 @@ class StageConfig:
             raise ValueError(f"stage {self.name!r}: `trainable` is empty, nothing would train")
 
 
+def _some(ids: list[str], n: int = 64) -> str:
+    """Row ids for a message: all of them up to `n`, then how many more."""
+    return str(ids[:n]) + (f" (+{len(ids) - n} more)" if len(ids) > n else "")
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced non-finite losses / gradients for too many consecutive steps, or non-finite weights."""
+
+
 class OmniModule(LightningModule):
     def __init__(
         self,
@@ -66,14 +75,25 @@ class OmniModule(LightningModule):
         scheduler: Callable[..., Any] | None = None,
         init_from: str | None = None,
         run_config: dict | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
+        if type(max_nonfinite_steps) is not int or max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps={max_nonfinite_steps!r} must be an integer >= 1 (consecutive "
+                             f"optimizer steps with a non-finite loss / gradient skipped before the run stops)")
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.model = model
         self.stage = stage if isinstance(stage, StageConfig) else StageConfig(**stage)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.run_config = run_config or {}
         self._inference = None
+        # non-finite guard: rows of the current accumulation window, whether one of its losses was not finite,
+        # consecutive / total skipped optimizer steps (saved in the checkpoint: a resumed run counts on)
+        self._window_ids: list[str] = []
+        self._window_nonfinite_loss = False
+        self._update_ids: list[str] = []
+        self.nonfinite = {"consecutive": 0, "skipped": 0}
         if init_from:
             load_model_weights(self.model, init_from)
         self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable,
@@ -84,7 +104,11 @@ class OmniModule(LightningModule):
         if not batch["ids"]:
             return None  # every row of this batch was skipped (counted by DataHealthCallback)
         out = self.model(batch)
-        self._log_step("train", out, batch)
+        self._window_ids.extend(str(i) for i in batch["ids"])
+        if bool(torch.isfinite(out["loss"].detach())):
+            self._log_step("train", out, batch)
+        else:  # still backpropagated (DDP ranks stay in step); the optimizer step is skipped below
+            self._window_nonfinite_loss = True
         return self._differentiable(out["loss"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -136,6 +160,49 @@ class OmniModule(LightningModule):
             return loss
         return loss + sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
 
+    # -- non-finite guard (before gradient clipping and the optimizer update) -------------------------------------
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite loss or gradient is never applied: every gradient is dropped (the optimizer skips
+        parameters without one: no update, no weight decay, no moment change), the step is counted, and after
+        `max_nonfinite_steps` consecutive ones the run stops naming the step and the batch's row ids."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grads = [p.grad for p in params if p.grad is not None]
+        bad_loss, ids = self._window_nonfinite_loss, self._window_ids
+        self._window_ids, self._window_nonfinite_loss, self._update_ids = [], False, ids
+        bad_grad = bool(torch.stack([~torch.isfinite(g).all() for g in grads]).any()) if grads else False
+        # one decision for all ranks (a rank's non-finite loss skips every rank's step: the weights stay equal)
+        bad = self.trainer.strategy.reduce_boolean_decision(bad_loss or bad_grad, all=False)
+        if bad:
+            for p in params:
+                p.grad = None
+            self.nonfinite["consecutive"] += 1
+            self.nonfinite["skipped"] += 1
+            what = "loss" if bad_loss else "gradient" if bad_grad else "loss or gradient on another rank"
+            where = f"step {self.trainer.global_step} (epoch {self.current_epoch}), batch row ids {_some(ids)}"
+            if self.nonfinite["consecutive"] >= self.max_nonfinite_steps:
+                raise NonFiniteTrainingError(
+                    f"non-finite {what} at {where}: {self.nonfinite['consecutive']} consecutive optimizer steps "
+                    f"skipped (max_nonfinite_steps={self.max_nonfinite_steps}); stopping. The weights "
+                    f"are those of the last finite step (learning rate stage.lr={self.stage.lr} too high?)")
+            log.warning("non-finite %s at %s: optimizer step skipped (%d consecutive, %d in total)", what, where,
+                        self.nonfinite["consecutive"], self.nonfinite["skipped"])
+        elif grads:
+            self.nonfinite["consecutive"] = 0
+        self.log("train/skipped_nonfinite", float(self.nonfinite["skipped"]), on_step=True, on_epoch=False,
+                 batch_size=max(len(ids), 1))
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # finite gradients can still overflow the weights (e.g. a huge lr times weight decay): stop before any
+        # checkpoint holds them
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+            name = next(n for n, p in params if not bool(torch.isfinite(p).all()))
+            raise NonFiniteTrainingError(
+                f"the optimizer update at step {self.trainer.global_step - 1} (epoch {epoch}) made parameter "
+                f"{name!r} non-finite (batch row ids {_some(self._update_ids)}); stopping before any checkpoint holds "
+                f"it (learning rate stage.lr={self.stage.lr} too high?)")
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params=params)
@@ -155,3 +222,7 @@ class OmniModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["omni_config"] = self.run_config
         checkpoint["omni_stage"] = self.stage.name
+        checkpoint["omni_nonfinite"] = dict(self.nonfinite)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite = {"consecutive": 0, "skipped": 0, **checkpoint.get("omni_nonfinite", {})}
