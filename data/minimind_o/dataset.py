@@ -28,7 +28,7 @@ from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_pa
 from data.minimind_o.schema import TASKS, first_image, parse_conversation, validate_schema
 from omni.minimind_o.encoders import AUDIO_SR, MEL_HOP, AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.layout import (
-    IMAGE_PLACEHOLDER, Augment, Layout, add_system_prompt, augment_waveform, build_layout, frames_from_flat,
+    IMAGE_PLACEHOLDER, IMAGE_SEPS, Augment, Layout, add_system_prompt, augment_waveform, build_layout, frames_from_flat,
     render_chat, scheduled_sampling, spec_augment,
 )
 from omni.minimind_o.tokens import MiniMindOTokens
@@ -48,6 +48,8 @@ class Plan:
     image: bytes | None = None
     keep_think: bool = False
     added_system: bool = False  # an augmentation system prompt (dropped first when the row is too long)
+    image_front: bool = True    # where `<image>` goes in its user text (released: front / back, "\n" / "\n\n")
+    image_sep: str = "\n"
 
 
 class RowReader:
@@ -70,25 +72,26 @@ class RowReader:
             raise RowError("conversations", "bad_conversation", str(exc)) from exc
         clips, image = list(rec.get("question_audios") or []), first_image(rec.get("image_bytes"))
         users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-        if clips:
-            if len(clips) != len(users):
-                raise RowError("question_audios", "bad_audio_count", f"{len(clips)} clips for {len(users)} user turns")
-            msgs = [{**m, "_audio": clips[users.index(i)]} if i in users else m for i, m in enumerate(msgs)]
+        if len(clips) > len(users):
+            raise RowError("question_audios", "bad_audio_count", f"{len(clips)} clips for {len(users)} user turns")
         task = "a2a" if clips else "i2t" if image else "t2a"
         if image:
             msgs = _first_image_only(msgs)
-        answers = self._answer_codes(rec, msgs)
-        with_audio = [i for i, c in answers.items() if c is not None]
-        if task == "t2a" and (not answers or answers[max(answers)] is None):
-            raise RowError("answer_audios", "no_task", "a text-only row: no answer audio for its last assistant turn")
-        ends = [i for i in answers if answers[i] is not None] if with_audio and task != "i2t" else list(answers)
+        answers = self._answer_codes(rec, msgs)  # a turn without answer audio trains its text only
+        ends = list(answers)
         end = ends[int(rng.integers(len(ends)))] if rng is not None and augment and augment.random_turn else ends[-1]
         msgs = msgs[: end + 1]
+        # released A2A: only the LAST user turn is spoken; a row with fewer clips than user turns keeps text questions
+        spoken = max((i for i in users if i < end), default=None) if len(clips) == len(users) else None
+        if spoken is not None:
+            msgs[spoken] = {**msgs[spoken], "_audio": clips[users.index(spoken)]}
         added = rng is not None and augment is not None and rng.random() < augment.system_prompt
         if added:
             msgs = add_system_prompt(msgs, augment.system_prompts, rng)
         plan = Plan(task, msgs, answer_codes=answers[end], image=image, added_system=added,
                     keep_think=bool(rng is not None and augment and rng.random() < augment.keep_think))
+        if image is not None and rng is not None and augment is not None:  # released: random place and joint
+            plan.image_front, plan.image_sep = bool(rng.random() < 0.5), IMAGE_SEPS[int(rng.integers(2))]
         keep_ref = rng is None or augment is None or rng.random() < augment.keep_ref
         if rec.get("ref_audios") and keep_ref:
             plan.ref_codes = self._codes(rec["ref_audios"], "ref_audios")
@@ -127,7 +130,7 @@ class RowReader:
                 try:
                     n = clip_samples(m["_audio"])
                 except AudioDecodeError as exc:
-                    raise RowError("question_audios", "bad_audio", str(exc)) from exc
+                    raise RowError("question_audios", exc.reason, str(exc)) from exc
                 if n > self.audio.window_s * AUDIO_SR:
                     raise RowError("question_audios", "audio_too_long",
                                    f"{n / AUDIO_SR:.2f} s > encoder window {self.audio.window_s:g} s")
@@ -135,19 +138,24 @@ class RowReader:
         return frames
 
     def augment_margin(self, augment: Augment | None) -> int:
-        """Most positions the augmentations can add to a row: the longest system prompt turn + the think block."""
+        """Most positions the augmentations can add to a row: the longest system prompt turn + the think block (+
+        the room a random `<image>` place / joint may take)."""
         if augment is None:
             return 0
         turn = lambda text: 3 + len(self.encode("system\n")) + len(self.encode(text)) + len(self.encode("\n"))  # noqa
         think = 2 + len(self.encode("\n\n")) * 2
+        image = 2 * len(self.encode("\n\n"))  # I2T: the random `<image>` place / joint vs front + "\n"
         return max((turn(p) for p in augment.system_prompts), default=0) * (augment.system_prompt > 0) \
-            + think * (augment.keep_think > 0)
+            + think * (augment.keep_think > 0) + image
 
     def layout(self, plan: Plan) -> Layout:
-        """Plan -> Layout, dropping the earliest exchanges (user + assistant) until it fits max_len."""
+        """Plan -> Layout, dropping the earliest exchanges (user + assistant) until it fits max_len; a row that
+        still does not fit is cut at max_len and trained (released: the answer is cut, no STOP where it is cut
+        off). Only a prompt that leaves no answer position before max_len is a RowError."""
         while True:
             chat = render_chat(self.tok, self.encode, plan.messages, audio_frames=plan.frames,
-                               n_image_tokens=self.vision.n_tokens, keep_think=plan.keep_think)
+                               n_image_tokens=self.vision.n_tokens, keep_think=plan.keep_think,
+                               image_front=plan.image_front, image_sep=plan.image_sep)
             lay = build_layout(self.tok, chat.prompt, chat.answer, plan.answer_codes, plan.ref_codes,
                                speaker=plan.speaker_emb is not None)
             if lay.length <= self.max_len:
@@ -160,10 +168,20 @@ class RowReader:
             nxt = next((i for i, m in enumerate(plan.messages) if i > first and m["role"] == "user"), None) \
                 if first is not None else None
             if nxt is None or plan.image is not None and _has_image(plan.messages[first:nxt]):
-                raise RowError("conversations", "too_long", f"sequence length {lay.length} > max_len {self.max_len}")
+                if lay.start >= self.max_len:
+                    raise RowError("conversations", "too_long", f"prompt length {lay.start} >= max_len "
+                                   f"{self.max_len}: no answer position is left")
+                return truncate(lay, self.max_len)
             dropped = plan.messages[first:nxt]
             plan.frames = plan.frames[sum("_audio" in m for m in dropped):]
             plan.messages = plan.messages[:first] + plan.messages[nxt:]
+
+
+def truncate(lay: Layout, max_len: int) -> Layout:
+    """The first `max_len` positions of a layout (inputs, targets, weights): targets past the cut are gone, so a
+    codebook cut mid-answer has no STOP target."""
+    return Layout(inputs=lay.inputs[:, :max_len].clone(), targets=lay.targets[:, :max_len].clone(),
+                  weights=lay.weights[:, :max_len].clone(), start=lay.start)
 
 
 def _has_image(msgs: list[dict]) -> bool:
@@ -187,6 +205,13 @@ def _first_image_only(msgs: list[dict]) -> list[dict]:
             raise RowError("conversations", "bad_conversation", "an image row needs a user turn")
         out[first] = {**out[first], "content": IMAGE_PLACEHOLDER + out[first]["content"]}
     return out
+
+
+def check_target(plan: Plan) -> None:
+    """RowError('conversations', 'blank_text') when the target (last) assistant turn is whitespace only."""
+    target = plan.messages[-1] if plan.messages else None
+    if target is not None and target["role"] == "assistant" and not target["content"].strip():
+        raise RowError("conversations", "blank_text", "the target assistant turn is whitespace only")
 
 
 def header_samples(data: bytes) -> int:
@@ -215,11 +240,17 @@ class MiniMindOIndex(RowIndex):
         rows: list[tuple[int, ...]] = []
         group_base = 0
         for shard, path in enumerate(self.files):
-            pf = pq.ParquetFile(path)
+            pf = self._open_shard(path)  # None: unreadable file, recorded (strict: ValueError naming it)
+            if pf is None:
+                continue
             columns = validate_schema(pf.schema_arrow, path)
             row_in_file = 0
             for g in range(pf.num_row_groups):
-                recs = pf.read_row_group(g, columns=columns).to_pylist()
+                table = self._read_group(pf, path, g, row_in_file, columns)  # None: recorded row by row
+                if table is None:
+                    row_in_file += pf.metadata.row_group(g).num_rows
+                    continue
+                recs = table.to_pylist()
                 for r, rec in enumerate(recs):
                     task, length = self._length_or_skip(path, row_in_file + r, rec)
                     if length:
@@ -238,7 +269,11 @@ class MiniMindOIndex(RowIndex):
     def _length_or_skip(self, path: str, row: int, rec: dict[str, Any]) -> tuple[str, int]:
         try:
             plan = self.reader.plan(rec, header_samples, None, None)
-            return plan.task, self.reader.layout(plan).length
+            check_target(plan)
+            length = self.reader.layout(plan).length
+            if rec.get("id") is not None:  # default ids (<file stem>:<row>) are unique
+                self._claim_id(row_id(rec, path, row), path, row)
+            return plan.task, length
         except RowError as err:
             if self.strict:
                 raise ValueError(f"{path}: row {row} (id={row_id(rec, path, row)!r}), column {err.column!r}: "
@@ -253,6 +288,7 @@ class MiniMindODataset(RowGroupDataset):
     `Skipped` records and strict errors)."""
 
     stamp_id = True
+    feature_columns = {"audio_mels": "question_audios", "pixel_values": "image_bytes", "speaker_emb": "spk_emb"}
 
     def __init__(self, index: MiniMindOIndex, *, augment: Augment | None = None, seed: int = 0,
                  cache_row_groups: int = 4, strict: bool = False) -> None:
@@ -288,6 +324,7 @@ class MiniMindODataset(RowGroupDataset):
             return len(wav)
 
         plan = self.reader.plan(rec, samples, rng, self.augment)
+        check_target(plan)
         lay = self.reader.layout(plan)
         if rng is not None and self.augment.scheduled_sampling > 0:
             lay.inputs = scheduled_sampling(self.reader.tok, lay.inputs, lay.start, self.augment.scheduled_sampling,

@@ -322,16 +322,22 @@ def prompt_batch(model: MiniMindO, prompt: Sequence[int], voice: Voice | None = 
 
 
 def chat_batch(model: MiniMindO, encode: Callable[[str], list[int]], messages: Sequence[dict],
-               voice: Voice | None = None, question_audio: Sequence[np.ndarray] = (), image: bytes | None = None,
-               keep_think: bool = False) -> dict[str, Any]:
+               voice: Voice | None = None, question_audio: Sequence[np.ndarray] = (), image: bytes | None = None
+               ) -> dict[str, Any]:
     """Chat messages (ending with the user turn) -> prefill batch, rendered by the training chat template
-    (`layout.render_chat`): A2A user turns carry one `<|audio_pad|>` per encoder frame of their 16 kHz clip
-    (`question_audio`, one per user turn), `<image>` becomes the image tokens."""
+    (`layout.render_chat`, evaluation choices): `question_audio` holds the row's clips, one per user turn; as in
+    training (released), only the LAST user turn is spoken (its clip's encoder frames as `<|audio_pad|>`), the
+    earlier ones stay text, and fewer clips than user turns means text questions. `<image>` goes to the front of
+    its user text joined by "\\n" and becomes the image tokens."""
     spec = model.cfg.audio_encoder
+    n_user = sum(m.get("role") == "user" for m in messages)
+    if len(question_audio) > n_user:
+        raise ValueError(f"{len(question_audio)} question clips for {n_user} user turns")
+    spoken = list(question_audio[-1:]) if question_audio and len(question_audio) == n_user else []
     chat = render_chat(model.tokens, encode, [*messages, {"role": "assistant", "content": ""}],
-                       audio_frames=[spec.frames(len(w)) for w in question_audio],
-                       n_image_tokens=model.cfg.vision_encoder.n_tokens, keep_think=keep_think)
-    return prompt_batch(model, chat.prompt, voice, question_audio, image)
+                       audio_frames=[spec.frames(len(w)) for w in spoken],
+                       n_image_tokens=model.cfg.vision_encoder.n_tokens)
+    return prompt_batch(model, chat.prompt, voice, spoken, image)
 
 
 # ------------------------------------------------------------------------------------------------ results

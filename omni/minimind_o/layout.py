@@ -25,6 +25,7 @@ from omni.minimind_o.tokens import IGNORE, MiniMindOTokens
 ROLES = ("system", "user", "assistant")
 IMAGE_PLACEHOLDER = "<image>"  # literal in I2T user content (released data)
 EMPTY_THINK = "\n\n"           # text between <think> and </think> of the empty think block
+IMAGE_SEPS = ("\n", "\n\n")     # released joints between the moved `<image>` and the user text
 
 
 @dataclass
@@ -60,38 +61,57 @@ def render_chat(
     audio_frames: Sequence[int] = (),
     n_image_tokens: int = 64,
     keep_think: bool = False,
+    image_front: bool = True,
+    image_sep: str = "\n",
 ) -> ChatIds:
     """ChatML: each turn is `<|im_start|>{role}\\n{content}<|im_end|>\\n`; the LAST message (an assistant turn)
-    is the answer and the prompt ends with `<|im_start|>assistant\\n` (plus `<think>\\n\\n</think>\\n\\n` when
-    `keep_think`). `encode` turns plain text into ids (no specials added).
+    is the answer and the prompt ends with `<|im_start|>assistant\\n`. `keep_think` starts the ANSWER with the
+    empty think block `<think>\\n\\n</think>\\n\\n` (released: the block is part of the text targets, not
+    the prompt). `encode` turns plain text into ids (no specials added).
 
-    A2A: user turn i carries `audio_frames[i]` `<|audio_pad|>` ids instead of its text (one per encoder frame;
-    pass one count per user turn, or none for text questions). I2T: each `<image>` in a user turn becomes
-    `n_image_tokens` `<|image_pad|>` ids.
+    A2A: only the LAST user turn is spoken (released): `audio_frames` is () for text questions or [n], and that
+    turn carries n `<|audio_pad|>` ids (one per encoder frame) instead of its text; earlier user turns stay
+    text. I2T: the `<image>` placeholder is moved to the front (`image_front`) or the back of the user text,
+    joined by `image_sep` ("\\n" or "\\n\\n"; front + "\\n" is the deterministic evaluation choice), and
+    becomes `n_image_tokens` `<|image_pad|>` ids.
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("a conversation must end with an assistant turn (the training target)")
-    n_user = sum(m.get("role") == "user" for m in messages)
-    if audio_frames and len(audio_frames) != n_user:
-        raise ValueError(f"{len(audio_frames)} audio clips for {n_user} user turns (need one per user turn)")
+    if len(audio_frames) > 1:
+        raise ValueError(f"{len(audio_frames)} audio clips: only the last user turn is spoken (pass () or [frames])")
+    if image_sep not in IMAGE_SEPS:
+        raise ValueError(f"image_sep={image_sep!r} is not one of {list(IMAGE_SEPS)}")
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if audio_frames and last_user is None:
+        raise ValueError("an audio clip but no user turn to speak it")
     newline = encode("\n")
     prompt: list[int] = []
-    user_i = 0
-    for msg in messages[:-1]:
+    for i, msg in enumerate(messages[:-1]):
         role = msg.get("role")
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; valid roles: {list(ROLES)}")
-        if role == "user" and audio_frames:
-            content = [tok.audio_pad] * int(audio_frames[user_i])
+        if i == last_user and audio_frames:
+            content = [tok.audio_pad] * int(audio_frames[0])
         else:
-            content = _content_ids(tok, encode, str(msg.get("content", "")), n_image_tokens)
-        user_i += role == "user"
+            text = str(msg.get("content", ""))
+            if role == "user":
+                text = place_image(text, image_front, image_sep)
+            content = _content_ids(tok, encode, text, n_image_tokens)
         prompt += [tok.im_start, *encode(f"{role}\n"), *content, tok.im_end, *newline]
     prompt += [tok.im_start, *encode("assistant\n")]
-    if keep_think:
-        prompt += [tok.think_start, *encode(EMPTY_THINK), tok.think_end, *encode("\n\n")]
-    answer = [*encode(str(messages[-1].get("content", ""))), tok.im_end, *newline]
+    think = [tok.think_start, *encode(EMPTY_THINK), tok.think_end, *encode("\n\n")] if keep_think else []
+    answer = [*think, *encode(str(messages[-1].get("content", ""))), tok.im_end, *newline]
     return ChatIds(prompt=prompt, answer=answer)
+
+
+def place_image(text: str, front: bool = True, sep: str = "\n") -> str:
+    """Released I2T rendering: a user text holding `<image>` -> the text without it (stripped), with one
+    `<image>` at its front or back joined by `sep`; text without a placeholder is returned unchanged.
+    ("what is <image> this", front, "\\n") -> "<image>\\nwhat is  this"."""
+    if IMAGE_PLACEHOLDER not in text:
+        return text
+    rest = text.replace(IMAGE_PLACEHOLDER, "").strip()
+    return f"{IMAGE_PLACEHOLDER}{sep}{rest}" if front else f"{rest}{sep}{IMAGE_PLACEHOLDER}"
 
 
 def _content_ids(tok: MiniMindOTokens, encode: Callable[[str], list[int]], text: str, n_image: int) -> list[int]:
@@ -234,21 +254,22 @@ def add_system_prompt(messages: list[dict], prompts: Sequence[str], rng: np.rand
 
 def scheduled_sampling(tok: MiniMindOTokens, inputs: torch.Tensor, start: int, p: float,
                        rng: np.random.Generator) -> torch.Tensor:
-    """(9, L) inputs -> copy with a fraction `p` of answer positions (>= start) replaced by random ids: Mimi codes
-    on audio rows where a code is (never PAD / STOP / SPEAKER), ordinary text ids (above the named specials)
-    on the text row where the answer is. Models the model's own mistakes at training time."""
+    """(9, L) inputs -> copy with a fraction `p` of answer positions (>= start) replaced by random ids. Audio
+    (released): WHOLE frames: at a chosen position all K codebook inputs are replaced together, with ids drawn
+    from the full audio vocabulary (0..audio_vocab-1, specials included). Text, drawn separately: ordinary text
+    ids (above the named specials) where the answer is. Models the model's own mistakes at training time."""
     out = inputs.clone()
     if p <= 0:
         return out
-    L = inputs.shape[1]
-    hit = torch.from_numpy(rng.random((tok.n_rows, L)) < p)
-    hit[:, :start] = False
-    audio = out[: tok.n_codebooks]
-    sel = hit[: tok.n_codebooks] & (audio < tok.codebook_size)
-    audio[sel] = torch.from_numpy(rng.integers(0, tok.codebook_size, int(sel.sum())))
+    K, L = tok.n_codebooks, inputs.shape[1]
+    cols = np.flatnonzero(rng.random(L) < p)  # audio frame positions
+    cols = torch.from_numpy(cols[cols >= start])
+    out[:K, cols] = torch.from_numpy(rng.integers(0, tok.audio_vocab, (K, len(cols))))  # (K, n) whole frames
+    hit_t = torch.from_numpy(rng.random(L) < p)  # (L,) text positions, a separate draw
+    hit_t[:start] = False
     text = out[tok.text_row]
     lo = max(tok.pad, tok.im_start, tok.im_end, tok.image_pad, tok.audio_pad, tok.think_start, tok.think_end) + 1
-    sel_t = hit[tok.text_row] & (text != tok.pad) & (text >= lo)
+    sel_t = hit_t & (text != tok.pad) & (text >= lo)
     text[sel_t] = torch.from_numpy(rng.integers(lo, tok.text_vocab, int(sel_t.sum())))
     return out
 
