@@ -39,6 +39,13 @@ def check_labels(rec: dict[str, Any]) -> None:
             raise RowError("reply_emotion", "bad_labels", f"emotion {e!r} is not one of {list(EMOTIONS)}")
     if any(not t for t in texts):
         raise RowError("reply_text", "empty_text", "a reply text is empty")
+    if any(not t.strip() for t in texts):
+        raise RowError("reply_text", "blank_text", "a reply text is whitespace only")
+    if rec["user_text"] is not None and rec["user_text"] and not rec["user_text"].strip():
+        raise RowError("user_text", "blank_text", "user_text is whitespace only")
+    duration = rec.get("duration_s")
+    if duration is not None and not (np.isfinite(duration) and duration >= 0):
+        raise RowError("duration_s", "bad_duration", f"duration_s is {duration!r} (must be a finite number >= 0)")
     n = int(rec["n_chunks"])
     if mode == "online":
         chunks = rec["reply_chunk"] or []
@@ -79,11 +86,17 @@ class StreamingIndex(RowIndex):
         lengths: list[tuple[int, int]] = []
         group_base = 0
         for shard, path in enumerate(self.files):
-            pf = pq.ParquetFile(path)
+            pf = self._open_shard(path)  # None: unreadable file, recorded (strict: ValueError naming it)
+            if pf is None:
+                continue
             validate_schema(pf.schema_arrow, path)
             row_in_file = 0
             for g in range(pf.num_row_groups):
-                recs = pf.read_row_group(g, columns=list(LIGHT_COLUMNS)).to_pylist()
+                table = self._read_group(pf, path, g, row_in_file, list(LIGHT_COLUMNS))  # None: recorded
+                if table is None:
+                    row_in_file += pf.metadata.row_group(g).num_rows
+                    continue
+                recs = table.to_pylist()
                 for r, rec in enumerate(recs):
                     length = self._length_or_skip(path, row_in_file + r, rec)
                     if length:
@@ -105,6 +118,7 @@ class StreamingIndex(RowIndex):
             length = self.sequence_length(rec)
             if length > self.max_len:
                 raise RowError("n_chunks", "too_long", f"sequence length {length} > max_len {self.max_len}")
+            self._claim_id(rec.get("id"), path, row)
             return length
         except RowError as err:
             if self.strict:
@@ -131,6 +145,8 @@ class StreamingDataset(RowGroupDataset):
     """Map-style dataset over a `StreamingIndex` (a `RowGroupDataset`); items are (row, task) keys from the batch
     sampler. Returns an example dict {id, task, sequence (layout.Sequence), mels (C, M, 40) | None,
     features (C, 10, E) | None, reply_text, speaker, file, row} or `Skipped`."""
+
+    feature_columns = {"mels": "audio", "features": "features"}
 
     def __init__(self, index: StreamingIndex, system_ids: list[int], *, n_mels: int = 128,
                  cache_row_groups: int = 4, strict: bool = False) -> None:
@@ -184,8 +200,10 @@ class StreamingDataset(RowGroupDataset):
         try:
             wav = pad_to_chunks(decode_audio(rec["audio"], SAMPLE_RATE))
         except AudioDecodeError as exc:
-            raise RowError("audio", "bad_audio", str(exc)) from exc
+            raise RowError("audio", exc.reason, str(exc)) from exc
         got = len(wav) // CHUNK_SAMPLES
+        if got > n:  # never cut to the declared length
+            raise RowError("audio", "audio_longer_than_declared", f"the audio has {got} chunks but n_chunks is {n}")
         if got != n:
             raise RowError("n_chunks", "bad_labels", f"the audio has {got} chunks but n_chunks is {n}")
         return self.mel(wav[: cap * CHUNK_SAMPLES]), None
