@@ -213,9 +213,14 @@ class OmniDataModule(LightningDataModule):
 
     def skipped_report(self) -> dict[str, Any]:
         """Index-time skips of the indexed splits: {counts: {reason: n}, by_split: {split: {reason: n}},
-        rows: [{split, file, row, id, column, reason, detail}]}. Load-time skips arrive in batches' `skipped`."""
-        rows = [dict(split=split, **s.as_dict()) for split, idx in self.indexes.items() for s in idx.skipped]
-        by_split = {split: dict(Counter(s.reason for s in idx.skipped)) for split, idx in self.indexes.items()}
+        rows: [{split, file, row, id, column, reason, detail}]}, one record and one count per distinct (file, row,
+        reason) (a row too long for several tasks is one row). Load-time skips arrive in batches' `skipped`."""
+        distinct: dict[tuple, dict[str, Any]] = {}
+        for split, idx in self.indexes.items():
+            for s in idx.skipped:
+                distinct.setdefault((split, s.file, s.row, s.reason), dict(split=split, **s.as_dict()))
+        rows = list(distinct.values())
+        by_split = {split: dict(Counter(r["reason"] for r in rows if r["split"] == split)) for split in self.indexes}
         return {"counts": dict(Counter(r["reason"] for r in rows)), "by_split": by_split, "rows": rows}
 
 
