@@ -26,7 +26,10 @@ voiceassistant
     python -m data.prepare voiceassistant --input /data/VoiceAssistant-400K/data --out data/va400k
 
 Output: OUT/shard-00000.parquet, OUT/shard-00001.parquet, ... (--shard-rows rows each, row groups of
---row-group-rows rows, zstd), and OUT/skipped.json. Existing shard-*.parquet files in OUT are replaced.
+--row-group-rows rows, zstd), and OUT/skipped.json. Existing shard-*.parquet files in OUT are replaced only when
+the run succeeds: shards are written to hidden temp files in OUT and renamed into place at the end (a failed or
+interrupted run, or --strict stopping at a bad row, leaves the existing output as it was). A wav that does not decode
+or holds NaN / inf samples is a bad row like any other (skipped with its manifest line and field; --strict stops).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import glob
 import json
 import os
 import sys
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -77,8 +81,11 @@ WRITE_SCHEMA = pa.schema([*SCHEMA, *OPTIONAL_SCHEMA])  # shards always carry the
 class ShardWriter:
     """Writes schema rows to OUT/shard-NNNNN.parquet, `shard_rows` rows per file, `row_group_rows` per row group.
 
-    Use as a context manager; `add(row)` takes a dict with the SCHEMA columns. Stale shard files in OUT are
-    removed when the writer opens. An input with no rows still yields one empty (schema-only) shard."""
+    Use as a context manager; `add(row)` takes a dict with the SCHEMA columns. Shards are written to hidden temp
+    files in OUT (`.shard-NNNNN.parquet.tmp-*`, same filesystem) and only `close()` (a run that got to its end)
+    renames them into place and then removes stale shard files of an earlier run; leaving the `with` block on an
+    exception (`abort()`) deletes the temp files and leaves OUT as it was. An input with no rows still yields one
+    empty (schema-only) shard."""
 
     def __init__(self, out_dir: str, shard_rows: int = 500, row_group_rows: int = 64, compression: str = "zstd",
                  schema: pa.Schema | None = None):
@@ -94,15 +101,19 @@ class ShardWriter:
         self._buffer: list[dict] = []
         self._writer: pq.ParquetWriter | None = None
         self._rows_in_shard = 0
+        self._temps: list[str] = []
+        self._tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._done = False
         os.makedirs(out_dir, exist_ok=True)
-        for stale in glob.glob(os.path.join(out_dir, "shard-*.parquet")):
-            os.remove(stale)
 
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
 
     def add(self, row: dict) -> None:
         """Queue one row; flushes a row group when full and rolls to a new shard at `shard_rows`."""
@@ -113,10 +124,11 @@ class ShardWriter:
             self._flush()
 
     def _open_shard(self) -> pq.ParquetWriter:
-        path = os.path.join(self.out_dir, f"shard-{len(self.paths):05d}.parquet")
-        self.paths.append(path)
+        name = f"shard-{len(self.paths):05d}.parquet"
+        self.paths.append(os.path.join(self.out_dir, name))
+        self._temps.append(os.path.join(self.out_dir, f".{name}{self._tag}"))
         self._rows_in_shard = 0
-        return pq.ParquetWriter(path, self.schema, compression=self.compression)
+        return pq.ParquetWriter(self._temps[-1], self.schema, compression=self.compression)
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -133,14 +145,65 @@ class ShardWriter:
             self._rows_in_shard = 0
 
     def close(self) -> list[str]:
-        """Flush and close; returns the shard paths written."""
+        """Flush, close and commit: each temp shard is flushed to disk and renamed to its shard-NNNNN.parquet
+        name, then shard files of an earlier run that this one did not write are removed. Returns the shard
+        paths."""
+        if self._done:
+            return list(self.paths)
         self._flush()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if not self.paths:  # keep OUT a valid (empty) data set
             self._open_shard().close()
+        for temp, path in zip(self._temps, self.paths):
+            _fsync(temp)
+            os.replace(temp, path)
+        for stale in set(glob.glob(os.path.join(self.out_dir, "shard-*.parquet"))) - set(self.paths):
+            os.remove(stale)
+        _fsync_dir(self.out_dir)
+        self._done = True
         return list(self.paths)
+
+    def abort(self) -> None:
+        """Drop what this writer wrote (its temp files); existing shards in OUT are left as they were."""
+        if self._done:
+            return
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - the temp file is deleted below anyway
+                pass
+            self._writer = None
+        for temp in self._temps:
+            if os.path.exists(temp):
+                os.remove(temp)
+        self._done = True
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        _fsync(path)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder renamed over it (never a partial file)."""
+    temp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(temp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
 
 
 @dataclass
@@ -165,8 +228,7 @@ class Report:
 def write_report(out_dir: str, report: Report) -> str:
     """Write OUT/skipped.json and print a summary (skipped ids with their reasons) to stderr."""
     path = os.path.join(out_dir, "skipped.json")
-    with open(path, "w") as f:
-        json.dump(report.to_json(), f, indent=2)
+    write_atomic(path, json.dumps(report.to_json(), indent=2))
     print(f"[prepare] {report.source}: wrote {report.n_written} rows in {len(report.shards)} shard(s) to "
           f"{out_dir}; skipped {len(report.skipped)}", file=sys.stderr)
     for s in report.skipped:
@@ -407,6 +469,8 @@ def write_manifest(manifest: str, out: str, to_row: Callable[[dict, int], dict],
             except RowError as err:
                 _handle_bad(report, strict, where, loc, rid, err)
                 continue
+            except Exception as exc:  # not a known bad-row case: stop, naming the line (existing output kept)
+                raise PrepareError(f"{where}: {type(exc).__name__}: {exc}") from exc
             seen.add(row["id"])
             writer.add(row)
         report.shards = writer.close()
@@ -550,6 +614,8 @@ def convert_voiceassistant(
                     _handle_bad(report, strict, f"{path}: row {row_idx}", {"file": path, "row": row_idx},
                                 va_id(rec, stem, row_idx), err)
                     continue
+                except Exception as exc:  # not a known bad-row case: stop, naming the row (existing output kept)
+                    raise PrepareError(f"{path}: row {row_idx}: {type(exc).__name__}: {exc}") from exc
                 writer.add(row)
         report.shards = writer.close()
         report.n_written = writer.n_rows

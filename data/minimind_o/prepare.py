@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -110,7 +111,12 @@ def manifest_row(rec: dict, line_no: int, manifest: str, root: str, enc: Encoder
     if rec.get("ref_audio"):
         row["ref_audios"] = enc.codes(_resolve(root, str(rec["ref_audio"]), "ref_audio"), "ref_audio")
     if rec.get("spk_emb") is not None:
-        row["spk_emb"] = [float(x) for x in rec["spk_emb"]]
+        try:
+            row["spk_emb"] = [float(x) for x in rec["spk_emb"]]
+        except (TypeError, ValueError) as exc:
+            raise RowError("spk_emb", f"must be a list of numbers ({exc})") from exc
+        if not all(math.isfinite(x) for x in row["spk_emb"]):
+            raise RowError("spk_emb", "holds NaN / inf values")
     elif rec.get("speaker_audio") or rec.get("ref_audio"):
         field_name = "speaker_audio" if rec.get("speaker_audio") else "ref_audio"
         row["spk_emb"] = enc.speaker(_resolve(root, str(rec[field_name]), field_name), field_name)
