@@ -94,10 +94,10 @@ def reference_forward(sd, text, audio, spk=None, audio_feats=None, image_feats=N
 
 
 def released_state(seed=0, d=32, layers=4, heads=4, kv=2, ffn=48, vocab=512, th=32, tl=2, ad=16, spk=256,
-                   audio_dim=64, vision_dim=32):
+                   audio_dim=64, vision_dim=32, scale=0.2):
     """A random released-format state dict from the spec's name list (nothing from our model code)."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    r = lambda *shape: torch.randn(*shape, generator=g) * scale  # noqa: E731
     one = lambda n: 1.0 + 0.1 * torch.randn(n, generator=g)  # noqa: E731
     sd = {"model.embed_tokens.weight": r(vocab, d), "model.norm.weight": one(d)}
 
