@@ -1,7 +1,7 @@
 """Import of a released Mini-Omni3 folder, proved on tiny random weights: litgpt safetensors shards + index,
 model_config.yaml, tower .pth + nested audio config. Logits are compared with an independent float64
-re-implementation of the litgpt Qwen2 forward written here from the specs (fused qkv grouped per KV group,
-RMSNorm, rotate-half RoPE, SwiGLU), with the chunk frames of the Hugging Face audio tower in place of the PADs."""
+re-implementation of the litgpt Qwen2 forward written here from the specs (fused `attn.attn` grouped per KV
+group, fused `attn.qkv` as [all q | all k | all v] blocks, RMSNorm, rotate-half RoPE, SwiGLU), with the chunk frames of the Hugging Face audio tower in place of the PADs."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from omni.checkpoint import load_model_weights
 from omni.mini_omni3.convert import load_release, main
-from omni.mini_omni3.encoder import ChunkMel, ChunkwiseAudioEncoder, audio_config
+from omni.mini_omni3.encoder import ChunkwiseAudioEncoder, LogMel, audio_config
 from omni.mini_omni3.layout import Reply, online_sequence
 from omni.mini_omni3.model import MiniOmni3, MiniOmni3Config
 from omni.mini_omni3.tokens import MiniOmni3Tokens
@@ -105,10 +105,17 @@ def ref_forward(sd, ids, frames, positions, qkv):
     for i in range(N_LAYER):
         p = f"transformer.h.{i}."
         h = ref_rms(x, sd[p + "norm_1.weight"])
-        fused = (h @ sd[p + f"{qkv}.weight"].T + sd[p + f"{qkv}.bias"]).view(L, N_GROUPS, q_per_kv + 2, HEAD)
-        q = fused[:, :, :q_per_kv].reshape(L, N_HEAD, HEAD).transpose(0, 1)  # head h = group h // q_per_kv
-        k = fused[:, :, q_per_kv].transpose(0, 1).repeat_interleave(q_per_kv, 0)
-        v = fused[:, :, q_per_kv + 1].transpose(0, 1).repeat_interleave(q_per_kv, 0)
+        out = h @ sd[p + f"{qkv}.weight"].T + sd[p + f"{qkv}.bias"]
+        if qkv == "attn.attn":  # legacy: [q heads of group g, k_g, v_g] per KV group
+            fused = out.view(L, N_GROUPS, q_per_kv + 2, HEAD)
+            q = fused[:, :, :q_per_kv].reshape(L, N_HEAD, HEAD).transpose(0, 1)  # head h = group h // q_per_kv
+            k = fused[:, :, q_per_kv].transpose(0, 1).repeat_interleave(q_per_kv, 0)
+            v = fused[:, :, q_per_kv + 1].transpose(0, 1).repeat_interleave(q_per_kv, 0)
+        else:  # attn.qkv: all H query heads, then all G key heads, then all G value heads
+            q = out[:, : N_HEAD * HEAD].view(L, N_HEAD, HEAD).transpose(0, 1)
+            k = out[:, N_HEAD * HEAD: (N_HEAD + N_GROUPS) * HEAD].view(L, N_GROUPS, HEAD).transpose(0, 1)
+            v = out[:, (N_HEAD + N_GROUPS) * HEAD:].view(L, N_GROUPS, HEAD).transpose(0, 1)
+            k, v = k.repeat_interleave(q_per_kv, 0), v.repeat_interleave(q_per_kv, 0)
         q, k = ref_rope(q, ROPE_BASE), ref_rope(k, ROPE_BASE)
         att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(HEAD) + causal, -1) @ v  # (H, L, S)
         x = x + att.transpose(0, 1).reshape(L, -1) @ sd[p + "attn.proj.weight"].T
@@ -122,7 +129,7 @@ def ref_forward(sd, ids, frames, positions, qkv):
 def session_inputs(folder: Path):
     seq = online_sequence(TOK, [5, 6, 7], 2, {1: Reply((40, 41), "happy")})
     wav = np.random.default_rng(3).normal(0, 0.1, 2 * 6400).astype(np.float32)
-    mels = ChunkMel(128)(wav)
+    mels = LogMel(128).stream(wav)
     tower = ChunkwiseAudioEncoder(audio_config(path=str(folder / "qwen25OmniConfig")))
     tower.tower.load_state_dict(torch.load(folder / "MiniOmni3_ChunkwisedEncoder.pth", weights_only=True))
     with torch.no_grad():

@@ -76,7 +76,7 @@ def test_next_token_targets_put_the_decision_at_assistant():
 
 
 def test_offline_table():
-    seq = offline_sequence(TOY, [5], answer_ids=[7, 8], n_chunks=1, user_ids=[9])
+    seq = offline_sequence(TOY, [5], answer_ids=[7, 8], n_frames=10, user_ids=[9])
     audio = [AB] + [APAD] * 10 + [AE]
     assert seq.ids == [OFF, EN, TB, TB, 5, TE] + audio + [US, TB, 9, TE] + [AS, TB, 7, 8, TE]
     assert seq.labels == [X] * 6 + [X] * 12 + [X] * 4 + [AS, TB, 7, 8, TE]
@@ -84,7 +84,7 @@ def test_offline_table():
     text_only = offline_sequence(TOY, [5], answer_ids=[7], user_ids=[9])
     assert text_only.ids == [OFF, EN, TB, TB, 5, TE, US, TB, 9, TE, AS, TB, 7, TE]
     with pytest.raises(ValueError, match="20 s"):
-        offline_sequence(TOY, [5], answer_ids=[7], n_chunks=51)
+        offline_sequence(TOY, [5], answer_ids=[7], n_frames=501)
     with pytest.raises(ValueError, match="audio or user text"):
         offline_sequence(TOY, [5], answer_ids=[7])
 
@@ -96,9 +96,22 @@ def test_reply_text_must_not_hold_controls():
         online_sequence(TOY, [5], n_chunks=2, replies={2: Reply((7,))})
 
 
-@pytest.mark.parametrize("end_s,chunk", [(0.0, 0), (0.35, 0), (0.37, 1), (1.0, 2), (1.16, 2), (1.17, 3),
-                                         (1.2, 3)])
-def test_reply_chunk_is_first_chunk_with_audio_after_speech(end_s, chunk):
-    assert reply_chunk_for(end_s) == chunk
-    after = (chunk + 1) * 0.4 - end_s  # audio after the speech inside the answering chunk
-    assert 0.04 - 1e-9 <= after < 0.44
+# Released placement (spec, pinned facts): F = whole 40 ms frames (640 samples) up to the end of the speech,
+# reply on chunk F // 10. Hand-drawn: (end sample, F, chunk).
+REPLY_TABLE = [
+    (0, 0, 0),
+    (5760, 9, 0),      # 0.36 s: 9 whole frames -> chunk 0
+    (5920, 9, 0),      # 0.37 s: 9.25 frames -> 9 -> chunk 0 (the old ">= 0.04 s after" rule said 1)
+    (6399, 9, 0),      # one sample short of 10 frames
+    (6400, 10, 1),     # 0.4 s: the speech fills chunk 0, the reply is on chunk 1
+    (16000, 25, 2),    # 1.0 s
+    (18560, 29, 2),    # 1.16 s
+    (18720, 29, 2),    # 1.17 s: 29.25 frames (the old rule said 3)
+    (19200, 30, 3),    # 1.2 s
+]
+
+
+@pytest.mark.parametrize("end,frames,chunk", REPLY_TABLE)
+def test_reply_chunk_is_floor_of_whole_frames_over_10(end, frames, chunk):
+    assert end // 640 == frames  # the table's own arithmetic
+    assert reply_chunk_for(end) == chunk

@@ -28,11 +28,12 @@ def make_batch(model, seed=0):
     tok = model.tokens
     g = torch.Generator().manual_seed(seed)
     online = online_sequence(tok, [5, 6, 7], 3, {1: Reply((40, 41, 42), "happy")})
-    offline = offline_sequence(tok, [5, 6, 7], [50, 51], n_chunks=1, user_ids=[9])
+    # offline: a 0.3 s clip = 30 mel frames -> conv2 (30 - 1) // 2 + 1 = 15 -> pooling (15 - 2) // 2 + 1 = 7 frames
+    offline = offline_sequence(tok, [5, 6, 7], [50, 51], n_frames=7, user_ids=[9])
     examples = [
         {"id": "a", "task": "online", "sequence": online, "mels": torch.randn(3, 128, 40, generator=g),
          "features": None, "reply_text": ["x"]},
-        {"id": "b", "task": "offline", "sequence": offline, "mels": torch.randn(1, 128, 40, generator=g),
+        {"id": "b", "task": "offline", "sequence": offline, "mels": torch.randn(128, 30, generator=g),
          "features": None, "reply_text": ["y"]},
     ]
     return StreamingCollator(tok)(examples), [online, offline]
@@ -42,7 +43,7 @@ def test_loss_equals_hf_causal_lm_loss_on_spec_labels(model):
     batch, seqs = make_batch(model)
     with torch.no_grad():
         out = model(batch)
-        x = model.embed(batch["input_ids"], model.audio_frames(batch), batch["audio_positions"])
+        x = model.embed_batch(batch)
         labels = torch.full_like(batch["input_ids"], IGNORE)
         for b, s in enumerate(seqs):
             labels[b, : len(s)] = torch.tensor(s.labels)
@@ -59,7 +60,7 @@ def test_keep_silence_weighting(model):
     try:
         with torch.no_grad():
             out = model(batch)
-            x = model.embed(batch["input_ids"], model.audio_frames(batch), batch["audio_positions"])
+            x = model.embed_batch(batch)
             logits = model.backbone(inputs_embeds=x, attention_mask=batch["attention_mask"]).logits
     finally:
         model.cfg.keep_silence_weight = 1.0
@@ -74,17 +75,23 @@ def test_keep_silence_weighting(model):
 def test_frames_replace_placeholders_only(model):
     batch, seqs = make_batch(model)
     with torch.no_grad():
-        frames = model.audio_frames(batch)  # (4 chunks * 10, D)
-        x = model.embed(batch["input_ids"], frames, batch["audio_positions"])
+        frames = model.audio_frames(batch)  # (3 chunks * 10, D)
+        clips = model.clip_frames(batch)  # (7, D): the offline clip in ONE tower call
+        x = model.embed_batch(batch)
         plain = model.embed(batch["input_ids"])
+        alone = model.audio_encoder.tower(input_features=batch["clip_mels"], feature_lens=torch.tensor([30]))
+    assert frames.shape[0] == 30 and clips.shape[0] == 7
+    torch.testing.assert_close(clips, alone.last_hidden_state)
     L = batch["input_ids"].shape[1]
     flat = x.reshape(-1, x.shape[-1])
     torch.testing.assert_close(flat[batch["audio_positions"]], frames)
+    torch.testing.assert_close(flat[batch["clip_positions"]], clips)
     others = torch.ones(flat.shape[0], dtype=torch.bool)
     others[batch["audio_positions"]] = False
+    others[batch["clip_positions"]] = False
     torch.testing.assert_close(flat[others], plain.reshape(-1, x.shape[-1])[others])
-    assert batch["audio_positions"][:10].tolist() == seqs[0].audio_positions[:10]
-    assert batch["audio_positions"][30:].tolist() == [L + p for p in seqs[1].audio_positions]
+    assert batch["audio_positions"].tolist() == seqs[0].audio_positions
+    assert batch["clip_positions"].tolist() == [L + p for p in seqs[1].audio_positions]
 
 
 def test_frozen_tower_has_no_graph(model):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from omni.mini_omni3.encoder import ChunkMel
+from omni.mini_omni3.encoder import LogMel
 from omni.mini_omni3.layout import Reply, online_sequence
 from omni.mini_omni3.model import MiniOmni3, config_from_yaml
 from omni.mini_omni3.replay import replay
@@ -132,12 +132,13 @@ def test_cached_session_equals_full_forward(tiny, tokenizer):
     tiny.logits = logits
     wav = np.random.default_rng(0).normal(0, 0.1, 5 * 6400).astype(np.float32)
     try:
-        events = list(s.feed(wav))
+        events = list(s.feed(wav)) + list(s.flush())
     finally:
         del tiny.logits
     assert [e.kind for e in events[:3]] == ["silence", "silence", "reply_start"] and len(seen) > 5
-    with torch.no_grad():
-        frames = tiny.encode_chunks(ChunkMel(128)(wav)).reshape(-1, 64)
+    n = s.chunks_seen
+    with torch.no_grad():  # the session's frames are those of the whole-stream log-mel (training's)
+        frames = tiny.encode_chunks(LogMel(128).stream(wav)[:n]).reshape(-1, 64)
         x = tiny.embed(torch.tensor([s.history]), frames, torch.tensor(s.frame_positions))
         h = tiny.hidden(x).last_hidden_state[0]
     for pos, h_cached in seen:

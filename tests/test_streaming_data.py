@@ -33,18 +33,31 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SR), dtype=np.float32)
 
 
-def test_reply_on_first_chunk_after_speech():
-    turns = [Turn(tone(1.0), "four", lead=silence(0.5)),           # ends 1.5 s -> chunk 3 ([1.2, 1.6))
-             Turn(tone(0.5), None, lead=silence(0.3), kind="ambient"),  # ends 2.3 s, no reply
-             Turn(tone(0.62), "urgent help", "urgent", lead=silence(0.5))]  # ends 3.42 s -> chunk 8 ([3.2, 3.6))
+def test_reply_on_chunk_floor_whole_frames_over_10():
+    """Released placement (spec, pinned facts): the clip is cropped to whole 40 ms (640-sample) frames; F = whole
+    frames of the session up to the clip's end; the reply goes on chunk F // 10. Hand-computed table:
+    turn 1: lead 8000 + clip 16000 (25 frames, no crop)     -> end 24000, F = 37 (37.5)  -> chunk 3
+    turn 2: lead 4800 + clip 8000 -> cropped 7680            -> end 36480 (2.28 s), no reply
+    turn 3: lead 8000 + clip 9920 (15.5 frames) -> 9600      -> end 54080 (3.38 s), F = 84 (84.5) -> chunk 8"""
+    turns = [Turn(tone(1.0), "four", lead=silence(0.5)),
+             Turn(tone(0.5), None, lead=silence(0.3), kind="ambient"),
+             Turn(tone(0.62), "urgent help", "urgent", lead=silence(0.5))]
     s = build_session(turns, tail=silence(0.1))
     assert s.replies == [(3, "four", "normal"), (8, "urgent help", "urgent")]
-    assert s.turn_end_s == [1.5, 2.3, 3.42] and s.turn_kind == ["speech", "ambient", "speech"]
-    assert s.n_chunks == 9 and len(s.audio) == 9 * 6400  # 3.52 s, extended so the reply chunk 8 exists
-    for (chunk, _, _), end in zip(s.replies, (1.5, 3.42)):
-        assert 0.04 <= (chunk + 1) * 0.4 - end < 0.44
-    short = build_session([Turn(tone(1.19), "x")])  # reply chunk 3 lies past the audio: silence is appended
-    assert short.replies[0][0] == 3 and short.n_chunks == 4
+    assert s.turn_end_s == [1.5, 2.28, 3.38] and s.turn_kind == ["speech", "ambient", "speech"]
+    # 54080 + 1600 tail = 55680 samples, extended with silence to 9 * 6400 so that reply chunk 8 exists
+    assert s.n_chunks == 9 and len(s.audio) == 57600
+    # 1.19 s = 19040 samples -> cropped to 29 frames (18560) -> chunk 2 (the old "first chunk ending >= 0.04 s
+    # after the speech" rule said 3)
+    short = build_session([Turn(tone(1.19), "x")])
+    assert short.replies[0][0] == 2 and short.n_chunks == 3 and len(short.audio) == 3 * 6400
+    # the crop decides: lead 100 + clip 6350 -> cropped 5760 (9 frames) -> end 5860, F = 9 -> chunk 0
+    # (without the crop: end 6450, F = 10 -> chunk 1)
+    cropped = build_session([Turn(tone(6350 / SR), "y", lead=silence(100 / SR))])
+    assert cropped.replies[0][0] == 0 and len(cropped.audio) == 6400 and cropped.turn_end_s[0] == pytest.approx(5860 / SR, abs=1e-4)
+    # a reply past the audio extends the session with silence: clip 6400 (10 frames) -> F = 10 -> chunk 1
+    past = build_session([Turn(tone(0.4), "z")])
+    assert past.replies[0][0] == 1 and past.n_chunks == 2 and len(past.audio) == 2 * 6400
     with pytest.raises(ValueError, match="both answer chunk 2"):
         build_session([Turn(tone(0.9), "a"), Turn(tone(0.1), "b")])
     with pytest.raises(ValueError, match="emotion"):
@@ -87,7 +100,10 @@ def test_index_lengths_are_exact_and_bad_rows_are_named(tmp_path, tokenizer):
         assert len(ex["sequence"]) == length
     online = ds[0]["sequence"]
     assert online.n_chunks == 8 and online.reply_chunks == [3] and ds[0]["mels"].shape == (8, 128, 40)  # 2.9 s
-    assert ds[1]["sequence"].mode == "offline" and ds[1]["mels"].shape == (3, 128, 40)
+    # offline 0.9 s clip: one whole-clip log-mel of 14400 // 160 = 90 frames -> one tower call ->
+    # conv2 (90 - 1) // 2 + 1 = 45 -> pooling (45 - 2) // 2 + 1 = 22 AUDIO_PAD (not 3 chunks x 10 = 30)
+    assert ds[1]["sequence"].mode == "offline" and ds[1]["mels"].shape == (128, 90)
+    assert len(ds[1]["sequence"].audio_positions) == 22
     with pytest.raises(ValueError, match=r"s\.parquet: row 2 \(id='b0'\), column 'reply_chunk'"):
         StreamingIndex(str(path), tokenizer, TOK, [5], strict=True)
     # a load-time problem: the audio does not hold n_chunks chunks

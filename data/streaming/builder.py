@@ -1,10 +1,11 @@
 """Conversations -> streaming sessions: concatenate turns, place each reply on its chunk, write schema rows.
 
 A turn (spec "Training data") is leading noise / ambient audio + the user's clip (speech, or a sound event).
-Its reply, when it needs one, goes on the first chunk that ends at least 0.04 s after the clip ends (so that chunk
-holds 0.04-0.44 s of audio after the user stopped: `omni.mini_omni3.layout.reply_chunk_for`); a turn that needs
-no reply stays KEEP_SILENCE. Clips are taken to end where the speech ends (trim them first; the sample generator
-does with sox). Audio is 16 kHz mono float32 (n,) numpy arrays throughout.
+As in the release (spec, pinned facts), the user's clip is first cropped to whole 40 ms encoder frames (640
+samples; the partial tail frame is dropped); with F = the whole frames of the session up to the end of the
+clip, its reply, when it needs one, goes on chunk floor(F / 10) (`omni.mini_omni3.layout.reply_chunk_for`); a
+turn that needs no reply stays KEEP_SILENCE. Clips are taken to end where the speech ends (trim them first; the
+sample generator does with sox). Audio is 16 kHz mono float32 (n,) numpy arrays throughout.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from data.streaming.schema import empty_row
 from omni.mini_omni3.encoder import CHUNK_SAMPLES, SAMPLE_RATE, n_chunks
-from omni.mini_omni3.layout import OFFLINE_MAX_CHUNKS, reply_chunk_for
+from omni.mini_omni3.layout import FRAME_SAMPLES, OFFLINE_MAX_CHUNKS, reply_chunk_for
 from omni.mini_omni3.tokens import EMOTIONS
 
 
@@ -64,7 +65,11 @@ def build_session(turns: Sequence[Turn], tail: np.ndarray | None = None, backgro
     t = 0
     by_chunk: dict[int, int] = {}
     for i, turn in enumerate(turns):
-        for part in (turn.lead, turn.audio):
+        clip = np.asarray(turn.audio, dtype=np.float32)
+        clip = clip[: len(clip) // FRAME_SAMPLES * FRAME_SAMPLES]  # whole 40 ms encoder frames only
+        if len(clip) == 0:
+            raise ValueError(f"turn {i}: its clip is shorter than one 40 ms encoder frame ({FRAME_SAMPLES} samples)")
+        for part in (turn.lead, clip):
             if part is not None and len(part):
                 pieces.append(np.asarray(part, dtype=np.float32))
                 t += len(part)
@@ -72,7 +77,7 @@ def build_session(turns: Sequence[Turn], tail: np.ndarray | None = None, backgro
         session.turn_kind.append(turn.kind)
         session.turn_end_s.append(round(end_s, 4))
         if turn.reply is not None:
-            chunk = reply_chunk_for(end_s)
+            chunk = reply_chunk_for(t)
             if chunk in by_chunk:
                 raise ValueError(f"turns {by_chunk[chunk]} and {i} would both answer chunk {chunk}: "
                                  f"give turn {i} a longer lead")

@@ -8,9 +8,13 @@ Batch legend (B items, L longest sequence, C chunks with audio over the batch, M
 | targets         | (B, L) long           | next-token targets (layout.next_token_targets), IGNORE on padding    |
 | attention_mask  | (B, L) long           | 1 on real positions                                                  |
 | decision_mask   | (B, L) bool           | online chunk ASSISTANT positions (the listen/speak decision is next) |
-| audio_mels      | (C, M, 40) float32    | per-chunk log-mel of the items' chunks in order, or None             |
-| audio_features  | (C, 10, E) float32    | precomputed tower frames instead of mels, or None                    |
-| audio_positions | (C * 10,) long        | flat index b * L + p receiving each frame, same order                |
+| audio_mels      | (C, M, 40) float32    | online: per-chunk log-mel of the items' chunks in order, or None     |
+| audio_features  | (C, 10, E) float32    | online: precomputed tower frames instead of mels, or None            |
+| audio_positions | (C * 10,) long        | flat index b * L + p receiving each chunk frame, same order          |
+| clip_mels       | (M, sum F) float32    | offline: whole-clip log-mels concatenated (one tower audio each)     |
+| clip_lens       | (K,) long             | offline: mel frames F of each clip                                   |
+| clip_features   | (sum N, E) float32    | offline: precomputed whole-clip tower frames instead, or None        |
+| clip_positions  | (sum N,) long         | flat index b * L + p receiving each clip frame, same order           |
 | n_chunks        | (B,) long             | chunks per item                                                      |
 | tasks, ids      | list[str] (B)         | mode ("online" / "offline") and row id of each item                 |
 | reply_text      | list[list[str]] (B)   | reference replies                                                    |
@@ -41,16 +45,21 @@ class StreamingCollator:
         mask = torch.zeros((B, L), dtype=torch.long)
         decision = torch.zeros((B, L), dtype=torch.bool)
         positions: list[int] = []
+        clip_positions: list[int] = []
         for b, s in enumerate(seqs):
             n = len(s)
             input_ids[b, :n] = torch.tensor(s.ids)
             targets[b, :n] = torch.tensor(next_token_targets(s.labels))
             mask[b, :n] = 1
             decision[b, s.decision_positions] = True
-            positions += [b * L + p for p in s.audio_positions]
-        mels = [x["mels"] for x in examples if x["mels"] is not None]
-        feats = [x["features"] for x in examples if x["features"] is not None]
-        if mels and feats:
+            (positions if s.mode == "online" else clip_positions).extend(b * L + p for p in s.audio_positions)
+        online = [x for x, s in zip(examples, seqs) if s.mode == "online"]
+        offline = [x for x, s in zip(examples, seqs) if s.mode != "online"]
+        mels = [x["mels"] for x in online if x["mels"] is not None]
+        feats = [x["features"] for x in online if x["features"] is not None]
+        clip_mels = [x["mels"] for x in offline if x["mels"] is not None]
+        clip_feats = [x["features"] for x in offline if x["features"] is not None]
+        if (mels or clip_mels) and (feats or clip_feats):
             raise ValueError("a batch mixes rows with precomputed features and rows with audio; use one kind per "
                              "data set (data.streaming.features precomputes a whole split)")
         return {
@@ -58,6 +67,10 @@ class StreamingCollator:
             "audio_mels": torch.cat(mels).float() if mels else None,
             "audio_features": torch.cat(feats).float() if feats else None,
             "audio_positions": torch.tensor(positions, dtype=torch.long),
+            "clip_mels": torch.cat(clip_mels, dim=-1).float() if clip_mels else None,
+            "clip_lens": torch.tensor([m.shape[-1] for m in clip_mels], dtype=torch.long),
+            "clip_features": torch.cat(clip_feats).float() if clip_feats else None,
+            "clip_positions": torch.tensor(clip_positions, dtype=torch.long),
             "n_chunks": torch.tensor([s.n_chunks for s in seqs], dtype=torch.long),
             "tasks": [x["task"] for x in examples], "ids": [x["id"] for x in examples],
             "reply_text": [x["reply_text"] for x in examples],

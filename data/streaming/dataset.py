@@ -3,9 +3,12 @@
 `StreamingIndex` reads only the light columns (never audio / features), checks every row's labels and computes its
 exact sequence length (reply texts are tokenized here; they are short). It speaks the batch sampler's duck-typed
 index protocol with its own `task_order` = ("online", "offline"): a row serves the task named by its `mode`.
-`StreamingDataset[(row, task)]` reads the row group through a small LRU, decodes audio -> per-chunk log-mel (or
-reads precomputed tower features) and lays the sequence out; bad rows become `Skipped` (strict: ValueError naming
-file, row and column).
+`StreamingDataset[(row, task)]` reads the row group through a small LRU, decodes audio -> log-mel (online: one
+whole-stream log-mel sliced per chunk; offline: one whole-clip log-mel for one tower call) or reads precomputed
+tower features, and lays the sequence out; bad rows become `Skipped` (strict: ValueError naming file, row and
+column). Online sessions longer than max_len are truncated (tail chunks dropped, `layout.chunks_within`), not
+skipped; the index's length is the truncated one. An offline row's AUDIO_PAD count comes from its duration_s
+(round(duration_s * 16000) samples -> encoder.clip_frames) and is checked against the decoded audio.
 """
 from __future__ import annotations
 
@@ -18,11 +21,24 @@ import torch
 from data.audio import AudioDecodeError, decode_audio
 from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths
 from data.streaming.schema import LIGHT_COLUMNS, MODES, validate_schema
-from omni.mini_omni3.encoder import CHUNK_SAMPLES, FRAMES_PER_CHUNK, SAMPLE_RATE, ChunkMel, pad_to_chunks
+from omni.mini_omni3.encoder import (
+    CHUNK_SAMPLES, FRAMES_PER_CHUNK, OFFLINE_MAX_SAMPLES, SAMPLE_RATE, LogMel, clip_frames, pad_to_chunks,
+)
 from omni.mini_omni3.layout import (
-    OFFLINE_MAX_CHUNKS, Reply, offline_prefix, offline_sequence, online_prefix, online_sequence,
+    Reply, chunks_within, offline_prefix, offline_sequence, online_length, online_prefix, online_sequence,
+    truncate_online,
 )
 from omni.mini_omni3.tokens import EMOTIONS, MiniOmni3Tokens
+
+
+def offline_samples(rec: dict[str, Any]) -> int:
+    """16 kHz samples of an offline row's clip (duration_s as written by data.streaming.builder.offline_row)."""
+    return int(round(float(rec["duration_s"]) * SAMPLE_RATE))
+
+
+def offline_frames(rec: dict[str, Any]) -> int:
+    """AUDIO_PAD placeholders of an offline row: the whole-clip tower output length (capped at 20 s)."""
+    return clip_frames(offline_samples(rec)) if int(rec["n_chunks"]) > 0 else 0
 
 
 def check_labels(rec: dict[str, Any]) -> None:
@@ -39,6 +55,8 @@ def check_labels(rec: dict[str, Any]) -> None:
             raise RowError("reply_emotion", "bad_labels", f"emotion {e!r} is not one of {list(EMOTIONS)}")
     if any(not t for t in texts):
         raise RowError("reply_text", "empty_text", "a reply text is empty")
+    if mode == "offline" and int(rec["n_chunks"]) > 0 and offline_frames(rec) <= 0:
+        raise RowError("duration_s", "bad_labels", f"duration_s={rec['duration_s']} gives no whole tower frame")
     if any(not t.strip() for t in texts):
         raise RowError("reply_text", "blank_text", "a reply text is whitespace only")
     if rec["user_text"] is not None and rec["user_text"] and not rec["user_text"].strip():
@@ -117,7 +135,8 @@ class StreamingIndex(RowIndex):
             check_labels(rec)
             length = self.sequence_length(rec)
             if length > self.max_len:
-                raise RowError("n_chunks", "too_long", f"sequence length {length} > max_len {self.max_len}")
+                raise RowError("n_chunks", "too_long", f"sequence length {length} > max_len {self.max_len}"
+                               + (" even with one chunk" if rec["mode"] == "online" else ""))
             self._claim_id(rec.get("id"), path, row)
             return length
         except RowError as err:
@@ -132,9 +151,11 @@ class StreamingIndex(RowIndex):
         texts = rec["reply_text"] or []
         n_text = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
         if rec["mode"] == "online":
-            return self.prefix_len + 13 * int(rec["n_chunks"]) + sum(n + 2 for n in n_text)
-        chunks = min(int(rec["n_chunks"]), OFFLINE_MAX_CHUNKS)
-        audio = chunks * FRAMES_PER_CHUNK + 2 if chunks > 0 else 0
+            n, replies = int(rec["n_chunks"]), dict(zip(rec["reply_chunk"] or [], n_text))
+            keep = chunks_within(self.prefix_len, n, replies, self.max_len)
+            return online_length(self.prefix_len, max(keep, 1), replies)  # > max_len when not even 1 fits
+        frames = offline_frames(rec)
+        audio = frames + 2 if frames > 0 else 0
         user = len(self.tokenizer(rec["user_text"], add_special_tokens=False)["input_ids"]) + 3 \
             if rec["user_text"] else 0
         return self.prefix_len + audio + user + 3 + n_text[0]
@@ -152,7 +173,7 @@ class StreamingDataset(RowGroupDataset):
                  cache_row_groups: int = 4, strict: bool = False) -> None:
         self.index, self.tok, self.tokenizer = index, index.tok, index.tokenizer
         self.system_ids, self.strict = list(system_ids), strict
-        self.mel = ChunkMel(n_mels)
+        self.mel = LogMel(n_mels)
         self._init_cache(max(1, int(cache_row_groups)))
 
     def _row_ids(self, rec: dict[str, Any], path: str, row: int) -> tuple[Any, str]:
@@ -163,12 +184,19 @@ class StreamingDataset(RowGroupDataset):
         check_labels(rec)
         n = int(rec["n_chunks"])
         mels, feats = self.audio(rec, n) if n > 0 else (None, None)
-        n_used = mels.shape[0] if mels is not None else feats.shape[0] if feats is not None else 0
+        # online: chunks; offline: tower frames of the whole clip (mels (M, F) -> clip_frames)
+        n_used = 0 if mels is None and feats is None else offline_frames(rec) if rec["mode"] == "offline" else n
         texts = list(rec["reply_text"] or [])
         emotions = list(rec["reply_emotion"] or [None] * len(texts))
         replies = [Reply(tuple(self.tokenize(t, "reply_text")), e or "normal") for t, e in zip(texts, emotions)]
         if rec["mode"] == "online":
             seq = online_sequence(self.tok, self.system_ids, n, dict(zip(rec["reply_chunk"] or [], replies)))
+            if len(seq) > self.index.max_len:  # truncated, not skipped: drop tail chunks (and their replies)
+                lens = {c: len(r.ids) for c, r in zip(rec["reply_chunk"] or [], replies)}
+                keep = chunks_within(self.index.prefix_len, n, lens, self.index.max_len)
+                seq = truncate_online(seq, keep)
+                mels = mels[:keep] if mels is not None else None
+                feats = feats[:keep] if feats is not None else None
         else:
             user = self.tokenize(rec["user_text"], "user_text") if rec["user_text"] else None
             seq = offline_sequence(self.tok, self.system_ids, list(replies[0].ids), n_used, user)
@@ -186,27 +214,39 @@ class StreamingDataset(RowGroupDataset):
         return ids
 
     def audio(self, rec: dict[str, Any], n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """-> (mels (C, M, 40), None) from audio, or (None, features (C, 10, E)); C = n (offline: capped)."""
-        cap = n if rec["mode"] == "online" else min(n, OFFLINE_MAX_CHUNKS)
+        """Online -> (mels (C, M, 40), None) or (None, features (C, 10, E)), C = n. Offline -> (mels (M, F), None)
+        of the whole clip (<= 20 s) or (None, features (N, E)), N = its whole-clip tower frames."""
+        online = rec["mode"] == "online"
         if rec["features"] is not None:
             dim = int(rec["feature_dim"])
             arr = np.asarray(rec["features"], dtype=np.float32)
-            if dim <= 0 or arr.size != n * FRAMES_PER_CHUNK * dim:
-                raise RowError("features", "bad_features", f"{arr.size} values, expected n_chunks * "
-                               f"{FRAMES_PER_CHUNK} * feature_dim = {n * FRAMES_PER_CHUNK * max(dim, 0)}")
-            return None, torch.from_numpy(arr.reshape(n, FRAMES_PER_CHUNK, dim)[:cap])
+            frames = n * FRAMES_PER_CHUNK if online else offline_frames(rec)
+            if dim <= 0 or arr.size != frames * dim:
+                what = f"n_chunks * {FRAMES_PER_CHUNK}" if online else "clip_frames(duration_s)"
+                raise RowError("features", "bad_features", f"{arr.size} values, expected {what} * feature_dim = "
+                               f"{frames} * {dim}")
+            arr = arr.reshape(frames, dim)
+            return None, torch.from_numpy(arr.reshape(n, FRAMES_PER_CHUNK, dim) if online else arr)
         if not rec["audio"]:
             raise RowError("audio", "missing", f"n_chunks={n} but neither audio nor features is present")
         try:
-            wav = pad_to_chunks(decode_audio(rec["audio"], SAMPLE_RATE))
+            raw = decode_audio(rec["audio"], SAMPLE_RATE)
         except AudioDecodeError as exc:
             raise RowError("audio", exc.reason, str(exc)) from exc
+        wav = pad_to_chunks(raw)
         got = len(wav) // CHUNK_SAMPLES
         if got > n:  # never cut to the declared length
             raise RowError("audio", "audio_longer_than_declared", f"the audio has {got} chunks but n_chunks is {n}")
         if got != n:
             raise RowError("n_chunks", "bad_labels", f"the audio has {got} chunks but n_chunks is {n}")
-        return self.mel(wav[: cap * CHUNK_SAMPLES]), None
+        if online:
+            return self.mel.stream(wav), None
+        clip = raw[:OFFLINE_MAX_SAMPLES]
+        if clip_frames(len(clip)) != offline_frames(rec):
+            raise RowError("duration_s", "bad_labels", f"duration_s={rec['duration_s']} gives "
+                           f"{offline_frames(rec)} tower frames but the audio ({len(clip)} samples) gives "
+                           f"{clip_frames(len(clip))}")
+        return self.mel.clip(clip), None
 
 
 def encode_system_prompt(tokenizer: Any, tok: MiniOmni3Tokens, text: str) -> list[int]:

@@ -1,7 +1,8 @@
 """Precompute chunk-wise tower features into streaming shards (the released fine-tuning reads features, not audio).
 
-Each row's audio -> per-chunk log-mel -> the frozen audio tower -> `features` (float16, n_chunks * 10 * E) and
-`feature_dim`; the other columns are copied (audio too unless --drop-audio). Training then skips the tower: the
+Each row's audio -> log-mel -> the frozen audio tower -> `features` (float16) and `feature_dim`: online rows one
+whole-stream log-mel sliced per chunk, one tower audio per chunk (n_chunks * 10 * E); offline rows one whole-clip
+log-mel (<= 20 s) and ONE tower call (clip_frames * E, as the release); the other columns are copied (audio too unless --drop-audio). Training then skips the tower: the
 collator passes `audio_features` and the model only applies its projection (if any). Features belong to the tower
 that made them: recompute after changing or training the tower.
 
@@ -26,32 +27,34 @@ from data.audio import AudioDecodeError, decode_audio
 from data.dataset import expand_paths
 from data.streaming.schema import SCHEMA, validate_schema
 from omni.mini_omni3.encoder import (
-    CHUNK_SAMPLES, SAMPLE_RATE, ChunkMel, ChunkwiseAudioEncoder, audio_config, load_tower_weights, pad_to_chunks,
+    CHUNK_SAMPLES, OFFLINE_MAX_SAMPLES, SAMPLE_RATE, ChunkwiseAudioEncoder, LogMel, audio_config, load_tower_weights,
+    pad_to_chunks,
 )
-from omni.mini_omni3.layout import OFFLINE_MAX_CHUNKS
 
 
 @torch.no_grad()
-def row_features(encoder: ChunkwiseAudioEncoder, mel: ChunkMel, rec: dict[str, Any], where: str,
+def row_features(encoder: ChunkwiseAudioEncoder, mel: LogMel, rec: dict[str, Any], where: str,
                  batch_chunks: int = 256) -> np.ndarray:
-    """(n_chunks * 10 * E,) float16 features of one row's audio; errors name the row and column."""
+    """Float16 features of one row's audio, flat: online (n_chunks * 10 * E,), offline (clip_frames * E,);
+    errors name the row and column."""
     if not rec.get("audio"):
         raise ValueError(f"{where}, column 'audio': no audio to encode")
     try:
-        wav = pad_to_chunks(decode_audio(rec["audio"], SAMPLE_RATE))
+        raw = decode_audio(rec["audio"], SAMPLE_RATE)
     except AudioDecodeError as exc:
         raise ValueError(f"{where}, column 'audio': {exc}") from exc
+    wav = pad_to_chunks(raw)
     n = len(wav) // CHUNK_SAMPLES
     if n != int(rec["n_chunks"]):
         raise ValueError(f"{where}, column 'n_chunks': the audio has {n} chunks but n_chunks is {rec['n_chunks']}")
-    if rec["mode"] == "offline":
-        wav = wav[: min(n, OFFLINE_MAX_CHUNKS) * CHUNK_SAMPLES]
     device = next(encoder.parameters()).device
-    mels = mel(wav)
+    if rec["mode"] == "offline":
+        clip = mel.clip(raw[:OFFLINE_MAX_SAMPLES])
+        feats = encoder.encode_clip(clip.to(device), [clip.shape[-1]]).float().cpu()
+        return feats.numpy().astype(np.float16).reshape(-1)
+    mels = mel.stream(wav)
     out = [encoder(mels[i: i + batch_chunks].to(device)).float().cpu() for i in range(0, len(mels), batch_chunks)]
     feats = torch.cat(out) if out else torch.zeros(0)
-    if rec["mode"] == "offline" and n > OFFLINE_MAX_CHUNKS:  # keep the row's n_chunks contract: pad the cut tail
-        feats = torch.cat([feats, feats.new_zeros(n - OFFLINE_MAX_CHUNKS, *feats.shape[1:])])
     return feats.numpy().astype(np.float16).reshape(-1)
 
 
@@ -59,7 +62,7 @@ def precompute(inputs: Any, out_dir: str, encoder: ChunkwiseAudioEncoder, n_mels
                row_group_rows: int = 16) -> list[str]:
     """Write one output shard per input shard (same file names) with `features` / `feature_dim` filled."""
     encoder.eval()
-    mel = ChunkMel(n_mels)
+    mel = LogMel(n_mels)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path in expand_paths(inputs):

@@ -13,6 +13,10 @@ The 10 PAD embeddings of chunk c are replaced by that chunk's encoder frames (`a
 
 Offline: OFFLINE ENGLISH SYSTEM TEXT_BEGIN system... TEXT_END [AUDIO_BEGIN AUDIO_PAD*N AUDIO_END]
 [USER TEXT_BEGIN user... TEXT_END] ASSISTANT TEXT_BEGIN answer... TEXT_END; labels cover ASSISTANT onwards.
+N is the tower's output length for the WHOLE clip in one call (encoder.clip_frames: 57 for 2.3 s), not chunks x 10.
+
+Sessions longer than the maximum length are truncated, not skipped: `truncate_online` drops the tail chunks
+(whole chunk blocks, with their replies) until the sequence fits.
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ RELEASED_SYSTEM_PROMPT = (
     "You are a helpful assistant. When there is no user text, if the audio contains a question, please answer it. "
     "If it is a sound effect, determine based on the sound whether help is needed."
 )
-OFFLINE_MAX_CHUNKS = 50  # offline audio is capped at 20 s = 50 chunks = 500 encoder frames
+OFFLINE_MAX_CHUNKS = 50  # offline audio is capped at 20 s = 50 chunks
+OFFLINE_MAX_FRAMES = 500  # = encoder.clip_frames(20 s): 2000 mel frames -> 1000 after conv2 -> 500 after pooling
 BLOCK_HEAD = 12          # AUDIO_BEGIN + 10 PAD + ASSISTANT: the unsupervised head of every chunk block
+FRAMES = 10              # encoder frames (PADs) per chunk
 
 
 @dataclass(frozen=True)
@@ -111,19 +117,20 @@ def online_sequence(tok: MiniOmni3Tokens, system_ids: list[int], n_chunks: int,
     return seq
 
 
-def offline_sequence(tok: MiniOmni3Tokens, system_ids: list[int], answer_ids: list[int], n_chunks: int = 0,
+def offline_sequence(tok: MiniOmni3Tokens, system_ids: list[int], answer_ids: list[int], n_frames: int = 0,
                      user_ids: list[int] | None = None) -> Sequence:
-    """Offline turn: optional audio (n_chunks * 10 AUDIO_PAD frames, at most 20 s), optional user text, answer."""
-    if n_chunks > OFFLINE_MAX_CHUNKS:
-        raise ValueError(f"offline audio has {n_chunks} chunks; the cap is {OFFLINE_MAX_CHUNKS} (20 s)")
-    if n_chunks <= 0 and not user_ids:
+    """Offline turn: optional audio (`n_frames` AUDIO_PAD = the whole-clip tower output length, encoder.clip_frames;
+    at most 500 = 20 s), optional user text, answer. `audio_positions` are the AUDIO_PAD positions."""
+    if n_frames > OFFLINE_MAX_FRAMES:
+        raise ValueError(f"offline audio has {n_frames} tower frames; the cap is {OFFLINE_MAX_FRAMES} (20 s)")
+    if n_frames <= 0 and not user_ids:
         raise ValueError("an offline example needs audio or user text")
     if not answer_ids:
         raise ValueError("an offline example needs answer tokens")
     ids = offline_prefix(tok, system_ids)
-    seq = Sequence("offline", ids, [], n_chunks=max(n_chunks, 0))
-    if n_chunks > 0:
-        n = n_chunks * tok.frames_per_chunk
+    seq = Sequence("offline", ids, [])
+    if n_frames > 0:
+        n = n_frames
         seq.audio_positions = list(range(len(ids) + 1, len(ids) + 1 + n))
         ids += [tok.audio_begin, *[tok.audio_pad] * n, tok.audio_end]
     if user_ids:
@@ -141,9 +148,35 @@ def next_token_targets(labels: list[int]) -> list[int]:
     return list(labels[1:]) + [IGNORE]
 
 
-def reply_chunk_for(speech_end_s: float, chunk_s: float = 0.4, min_after_s: float = 0.04) -> int:
-    """Index of the chunk that answers a turn whose speech ends at `speech_end_s`: the first chunk ending at least
-    `min_after_s` after the speech, so it holds between 0.04 and 0.44 s of audio after the user stopped."""
-    import math
+FRAME_SAMPLES = 640  # one 40 ms encoder frame at 16 kHz
 
-    return max(0, math.ceil((speech_end_s + min_after_s) / chunk_s - 1e-9) - 1)
+
+def reply_chunk_for(speech_end_sample: int, frame_samples: int = FRAME_SAMPLES, frames_per_chunk: int = 10) -> int:
+    """Chunk that answers a turn whose (frame-cropped) speech ends at session sample `speech_end_sample` (spec,
+    pinned facts): F = whole 40 ms frames up to the end of the speech, reply on chunk floor(F / 10)."""
+    if speech_end_sample < 0:
+        raise ValueError(f"speech end {speech_end_sample} < 0")
+    return (int(speech_end_sample) // frame_samples) // frames_per_chunk
+
+
+def online_length(prefix_len: int, n_chunks: int, reply_lens: Mapping[int, int]) -> int:
+    """Laid-out length of a session: prefix + 13 per chunk + (text + 2) per reply (TEXT_BEGIN EMOTION text
+    TEXT_END replaces KEEP_SILENCE)."""
+    return prefix_len + 13 * n_chunks + sum(n + 2 for c, n in reply_lens.items() if c < n_chunks)
+
+
+def chunks_within(prefix_len: int, n_chunks: int, reply_lens: Mapping[int, int], max_len: int) -> int:
+    """The most leading chunks whose session fits `max_len` (tail chunks dropped; 0 when not even one fits)."""
+    k = n_chunks
+    while k > 0 and online_length(prefix_len, k, reply_lens) > max_len:
+        k -= 1
+    return k
+
+
+def truncate_online(seq: Sequence, n_keep: int) -> Sequence:
+    """The session's first `n_keep` chunk blocks (prefix kept; later chunks and their replies dropped)."""
+    if n_keep >= seq.n_chunks:
+        return seq
+    end = seq.decision_positions[n_keep] - BLOCK_HEAD + 1  # start of block n_keep
+    return Sequence(seq.mode, seq.ids[:end], seq.labels[:end], seq.audio_positions[: n_keep * FRAMES],
+                    seq.decision_positions[:n_keep], [c for c in seq.reply_chunks if c < n_keep], n_keep)

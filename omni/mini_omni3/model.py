@@ -109,6 +109,18 @@ class MiniOmni3(nn.Module):
             raise ValueError(f"{frames.shape[0]} audio frames for {positions.numel()} placeholder positions")
         return x.reshape(B * L, D).index_copy(0, positions, frames.to(x.dtype)).view(B, L, D)
 
+    def encode_clips(self, mels: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """Offline clips (M, sum F) + lens (K,) -> (sum N, E), each clip ONE tower audio (no graph when frozen)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen()):
+            return self.audio_encoder.encode_clip(mels, lens)
+
+    def clip_frames(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """(sum N, D) offline frames of a batch (whole-clip tower calls), or None."""
+        feats = batch.get("clip_features")
+        if feats is None and batch.get("clip_mels") is not None:
+            feats = self.encode_clips(batch["clip_mels"], batch["clip_lens"])
+        return None if feats is None else self.project(feats)
+
     def audio_frames(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """(C * 10, D) frames of a batch, from precomputed tower features or from per-chunk mels."""
         feats = batch.get("audio_features")
@@ -117,6 +129,20 @@ class MiniOmni3(nn.Module):
         if feats is None:
             return None
         return self.project(feats.reshape(-1, feats.shape[-1]))
+
+    def embed_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, L, D) input embeddings of a collated batch: chunk frames at `audio_positions`, offline whole-clip
+        frames at `clip_positions`."""
+        x = self.embed(batch["input_ids"], self.audio_frames(batch), batch.get("audio_positions"))
+        clips = self.clip_frames(batch)
+        pos = batch.get("clip_positions")
+        if clips is None and (pos is None or pos.numel() == 0):
+            return x
+        if clips is None or pos is None or clips.shape[0] != pos.numel():
+            raise ValueError(f"{0 if clips is None else clips.shape[0]} offline audio frames for "
+                             f"{0 if pos is None else pos.numel()} AUDIO_PAD positions")
+        B, L, D = x.shape
+        return x.reshape(B * L, D).index_copy(0, pos, clips.to(x.dtype)).view(B, L, D)
 
     def hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: Any):
         """LLM without its head: (B, L, D) -> BaseModelOutputWithPast."""
@@ -129,7 +155,7 @@ class MiniOmni3(nn.Module):
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Loss over a collated streaming batch (legend: data/streaming/collate.py)."""
-        x = self.embed(batch["input_ids"], self.audio_frames(batch), batch.get("audio_positions"))
+        x = self.embed_batch(batch)
         h = self.hidden(x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, L, D)
         return self.loss_from_hidden(h, batch["targets"], batch.get("decision_mask"))
 

@@ -3,7 +3,9 @@
 Chunks are fed one at a time (6400 samples = 0.4 s of audio each); per chunk the report has the wall time to the
 listen/speak decision and to the end of any reply. Real-time factor = total processing time / audio duration
 (< 1: faster than real time; audio is not throttled to the wall clock, the factor says how much headroom there
-is). `python eval.py mode=session ckpt=<streaming ckpt> wav=<file>` writes session.json (see conf/eval.yaml).
+is). A chunk's decision also waits for `mel_lookahead_ms` (2.5 ms) of the next chunk's audio, which its last
+log-mel frame reads (whole-stream framing, omni/mini_omni3/encoder.py): latency from a chunk's end to its decision
+= mel_lookahead_ms + decision_latency_ms. `python eval.py mode=session ckpt=<streaming ckpt> wav=<file>` writes session.json (see conf/eval.yaml).
 """
 from __future__ import annotations
 
@@ -38,12 +40,15 @@ def replay(model: Any, tokenizer: Any, wav: np.ndarray, cfg: SessionConfig | Non
     for c in range(len(wav) // CHUNK_SAMPLES):
         for ev in session.feed(wav[c * CHUNK_SAMPLES:(c + 1) * CHUNK_SAMPLES]):
             _collect(ev, replies, decisions)
+    for ev in session.flush():  # the last chunk: its look-ahead is the reflected end of the audio
+        _collect(ev, replies, decisions)
     total_s = time.perf_counter() - start
     audio_s = len(wav) / SAMPLE_RATE
     return {
         "audio_s": audio_s, "n_chunks": session.chunks_seen, "processing_s": total_s, "prefill_s": setup_s,
         "rtf": total_s / audio_s if audio_s else float("nan"),
         "chunk_latency_ms": _ms(session.chunk_seconds), "decision_latency_ms": _ms(session.decision_seconds),
+        "mel_lookahead_ms": session.lookahead_ms,
         "reply_chunks": decisions, "replies": replies, "generated_tokens": session.generated,
         "budget_exhausted": session.done, "sampling": vars(session.cfg),
     }
@@ -76,7 +81,8 @@ def replay_file(ckpt: str, wav_path: str, sampling: dict[str, Any] | None = None
         (Path(out_dir) / "session.json").write_text(json.dumps(report, indent=1))
     lat = report["chunk_latency_ms"]
     print(f"[session] {report['audio_s']:.1f} s audio, {report['n_chunks']} chunks: RTF {report['rtf']:.3f}, "
-          f"chunk latency mean {lat.get('mean', 0):.1f} ms (p95 {lat.get('p95', 0):.1f} ms), "
+          f"chunk latency mean {lat.get('mean', 0):.1f} ms (p95 {lat.get('p95', 0):.1f} ms) "
+          f"+ {report['mel_lookahead_ms']:.1f} ms mel look-ahead, "
           f"{len(report['replies'])} replies")
     for r in report["replies"]:
         print(f"  @{r['time_s']:.1f}s [{r['emotion']}] {r['text']}")

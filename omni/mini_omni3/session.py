@@ -8,6 +8,11 @@ chunk). A reply is decoded token by token: an optional emotion token, text, TEXT
 the next chunk (half-duplex: audio that arrives meanwhile waits in the buffer). Sampling defaults are the released
 ones: temperature 0.3, top-k 3, at most 4096 generated tokens per session.
 
+Log-mel (encoder.MelStream): the same whole-stream framing as training (encoder.LogMel.stream), computed
+incrementally: a chunk's last mel frame reads 40 samples past its end, so chunk c is processed once 2.5 ms of
+chunk c + 1 has arrived (`lookahead_ms`; at the end of the audio, `flush` reflects instead). That look-ahead adds
+to every decision's latency on top of the compute time (`decision_seconds`).
+
 Dims legend: M mel bins, E tower width, D LLM width, V vocabulary.
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from omni.mini_omni3.encoder import CHUNK_SAMPLES, FRAMES_PER_CHUNK, ChunkMel
+from omni.mini_omni3.encoder import FRAMES_PER_CHUNK, MEL_LOOKAHEAD_MS, LogMel, MelStream
 from omni.mini_omni3.layout import chunk_head, online_prefix
 
 EVENT_KINDS = ("silence", "reply_start", "text", "reply_end", "budget_exhausted")
@@ -78,14 +83,15 @@ class StreamingSession:
             if tokenizer is None:
                 raise ValueError("StreamingSession needs system_ids or a tokenizer to encode the system prompt")
             system_ids = list(tokenizer.encode(model.cfg.system_prompt, add_special_tokens=False))
-        self.mel = ChunkMel(model.cfg.n_mels)
+        self.mel = MelStream(LogMel(model.cfg.n_mels))
+        self.lookahead_ms = MEL_LOOKAHEAD_MS  # samples past a chunk's end its mel needs (2.5 ms)
+        self.ready: list[torch.Tensor] = []  # (M, 40) mels of complete chunks not processed yet
         self.device = next(model.parameters()).device
         self.generator = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
         self.cache = DynamicCache()
         self.history: list[int] = []      # every id fed to the model so far (the session's sequence)
         self.frame_positions: list[int] = []  # positions in `history` that hold encoder frames
         self.pending: list[int] = []      # the closing token of the last step, fed with the next chunk
-        self.buffer = np.zeros(0, dtype=np.float32)
         self.chunks_seen = 0
         self.generated = 0
         self.done = False
@@ -95,28 +101,27 @@ class StreamingSession:
 
     # -- public API ----------------------------------------------------------------------------------------------
     def feed(self, samples: np.ndarray) -> Iterator[Event]:
-        """Append 16 kHz samples (now) and return an iterator that processes every complete buffered chunk,
-        yielding its events as they happen (consume it before the next feed for live latency)."""
-        self.buffer = np.concatenate([self.buffer, np.asarray(samples, dtype=np.float32)])
+        """Append 16 kHz samples (now) and return an iterator that processes every chunk whose mel is complete
+        (the chunk plus 40 look-ahead samples), yielding its events as they happen (consume it before the next
+        feed for live latency)."""
+        self.ready += list(self.mel.push(np.asarray(samples, dtype=np.float32)))
         return self._drain()
 
     def flush(self) -> Iterator[Event]:
-        """End of audio: a buffered partial chunk is zero-padded, then everything buffered is processed."""
-        if len(self.buffer) % CHUNK_SAMPLES:
-            self.buffer = np.pad(self.buffer, (0, CHUNK_SAMPLES - len(self.buffer) % CHUNK_SAMPLES))
+        """End of audio: the stream is zero-padded to whole chunks and its end reflected (as in training), then
+        everything buffered is processed."""
+        self.ready += list(self.mel.end())
         return self._drain()
 
     def _drain(self) -> Iterator[Event]:
-        while len(self.buffer) >= CHUNK_SAMPLES and not self.done:
-            chunk, self.buffer = self.buffer[:CHUNK_SAMPLES], self.buffer[CHUNK_SAMPLES:]
-            yield from self.process_chunk(chunk)
+        while self.ready and not self.done:
+            yield from self.process_mel(self.ready.pop(0))
 
     @torch.no_grad()
-    def process_chunk(self, samples: np.ndarray) -> Iterator[Event]:
-        """One 6400-sample chunk -> its decision (and reply) events."""
+    def process_mel(self, mel: torch.Tensor) -> Iterator[Event]:
+        """One chunk's (M, 40) whole-stream log-mel -> its decision (and reply) events."""
         start = time.perf_counter()
-        mels = self.mel(np.asarray(samples, dtype=np.float32))  # (1, M, 40)
-        frames = self.model.project(self.model.encode_chunks(mels.to(self.device)))  # (1, 10, D)
+        frames = self.model.project(self.model.encode_chunks(mel[None].to(self.device)))  # (1, 10, D)
         frames = frames.reshape(FRAMES_PER_CHUNK, -1)
         yield from self.process_frames(frames, start)
 
