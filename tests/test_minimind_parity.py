@@ -355,3 +355,153 @@ def test_train_py_init_from_a_release_folder(tmp_path, release):
                 "talker.spk_proj.weight", "audio_proj.mlp.1.weight"):
         ours_key = "model." + ("thinker." + key if key.startswith("model.") else key)
         assert torch.equal(state[ours_key].float(), release["sd"][key]), key
+
+
+# ======================================================================================== data facts (rows)
+class CharTokenizer:
+    """Toy tokenizer: one id per character (100 + its code point), so every expected row is readable."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [100 + ord(c) for c in text]
+
+
+def ids(text):
+    return [100 + ord(c) for c in text]
+
+
+IM_START, IM_END, IMAGE_PAD, AUDIO_PAD, THINK, END_THINK = 1, 2, 12, 16, 25, 26
+CLIP_FRAMES = 17  # 1 s at 16 kHz: 1000 ms // 20 + 1 = 51 Whisper frames, pooled by 3 -> ceil(51 / 3) = 17
+
+
+def turn(role, content_ids):
+    return [IM_START, *ids(f"{role}\n"), *content_ids, IM_END, *ids("\n")]
+
+
+def reader(max_len=2048):
+    from data.minimind_o.dataset import RowReader
+    from omni.minimind_o.encoders import AudioEncoderSpec, VisionEncoderSpec
+    from omni.minimind_o.tokens import MiniMindOTokens
+
+    raw = model_raw("minimind_o_tiny")
+    return RowReader(MiniMindOTokens(), CharTokenizer(), AudioEncoderSpec(**raw["audio_encoder"]),
+                     VisionEncoderSpec(**raw["vision_encoder"]), 256, max_len)
+
+
+def chat(*pairs):
+    msgs = []
+    for q, a in pairs:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return json.dumps(msgs)
+
+
+def codes(n, offset=0):
+    """Flat frame-major codes of n frames: codebook l of frame k is 100 * l + k + offset."""
+    return [100 * lvl + k + offset for k in range(n) for lvl in range(K)]
+
+
+def lay_of(rec, rd=None, rng=None, augment=None, heard=None):
+    rd = rd or reader()
+
+    def samples(clip):
+        if heard is not None:
+            heard.append(clip)
+        return 16000
+
+    plan = rd.plan(rec, samples, rng, augment)
+    return plan, rd.layout(plan)
+
+
+def test_multi_turn_a2a_speaks_only_the_last_user_turn():
+    rec = {"conversations": chat(("q1", "a1"), ("q2", "a2")), "question_audios": [b"clip1", b"clip2"],
+           "answer_audios": [codes(2), codes(3)]}
+    heard = []
+    plan, lay = lay_of(rec, heard=heard)
+    prompt = turn("user", ids("q1")) + turn("assistant", ids("a1")) + turn("user", [AUDIO_PAD] * CLIP_FRAMES) \
+        + [IM_START, *ids("assistant\n")]
+    assert lay.inputs[8, : lay.start].tolist() == prompt and heard == [b"clip2"] and plan.frames == [CLIP_FRAMES]
+    assert plan.task == "a2a"
+    # fewer clips than user turns: still trains, its questions as text
+    plan, lay = lay_of({**rec, "question_audios": [b"clip1"]})
+    prompt = turn("user", ids("q1")) + turn("assistant", ids("a1")) + turn("user", ids("q2")) \
+        + [IM_START, *ids("assistant\n")]
+    assert lay.inputs[8, : lay.start].tolist() == prompt and plan.frames == []
+    assert lay.targets[8, lay.start - 1 : lay.start + 3].tolist() == [*ids("a2"), IM_END, *ids("\n")]
+
+
+def test_i2t_image_goes_to_the_front_or_back_joined_by_one_or_two_newlines():
+    from omni.minimind_o.layout import Augment
+
+    rec = {"conversations": chat(("what is this? <image>", "a cat")), "image_bytes": b"png"}
+    pads = [IMAGE_PAD] * 64
+    _, lay = lay_of(rec)  # evaluation: front + "\n"
+    assert lay.inputs[8, : lay.start].tolist() == turn("user", pads + ids("\nwhat is this?")) + \
+        [IM_START, *ids("assistant\n")]
+    variants = {tuple(pads + ids("\nwhat is this?")), tuple(pads + ids("\n\nwhat is this?")),
+                tuple(ids("what is this?\n") + pads), tuple(ids("what is this?\n\n") + pads)}
+    quiet = Augment(keep_ref=1.0, system_prompt=0.0, keep_think=0.0, scheduled_sampling=0.0, random_turn=False)
+    seen = set()
+    for seed in range(40):
+        _, lay = lay_of(rec, rng=np.random.default_rng(seed), augment=quiet)
+        seen.add(tuple(lay.inputs[8, 1 + len(ids("user\n")) : lay.start - 3 - len(ids("assistant\n"))].tolist()))
+    assert seen == variants
+
+
+def test_kept_think_block_is_part_of_the_text_targets():
+    from omni.minimind_o.layout import Augment
+
+    rec = {"conversations": chat(("hi", "ok")), "answer_audios": [codes(2)]}
+    think = Augment(keep_ref=1.0, system_prompt=0.0, keep_think=1.0, scheduled_sampling=0.0, random_turn=False)
+    _, lay = lay_of(rec, rng=np.random.default_rng(0), augment=think)
+    s = lay.start
+    assert lay.inputs[8, :s].tolist() == turn("user", ids("hi")) + [IM_START, *ids("assistant\n")]
+    answer = [THINK, *ids("\n\n"), END_THINK, *ids("\n\n"), *ids("ok"), IM_END, *ids("\n")]
+    assert lay.targets[8, s - 1 : s - 1 + len(answer)].tolist() == answer
+    assert (lay.targets[8, : s - 1] == -100).all() and (lay.targets[8, s - 1 + len(answer):] == -100).all()
+
+
+def test_scheduled_sampling_replaces_whole_frames_from_all_2112_ids():
+    from omni.minimind_o.layout import scheduled_sampling
+    from omni.minimind_o.tokens import MiniMindOTokens
+
+    tok, L, start, p = MiniMindOTokens(), 600, 40, 0.3
+    runs = []
+    for fill in (2049, 2050):  # the same draws over two fillers: a cell was replaced iff it changed in either run
+        inp = torch.full((9, L), fill)
+        inp[8] = 500  # an ordinary text id
+        runs.append((inp, scheduled_sampling(tok, inp, start, p, np.random.default_rng(3))))
+    (a_in, a), (b_in, b) = runs
+    hit = (a != a_in) | (b != b_in)  # (9, L)
+    audio = hit[:8]
+    assert torch.equal(a[:8][audio], b[:8][audio])
+    assert torch.equal(audio.all(0), audio.any(0))  # whole frames: all 8 codebooks or none
+    cols = audio.any(0)
+    assert not cols[:start].any() and 0.2 < cols[start:].float().mean() < 0.4
+    drawn = a[:8][audio]
+    assert drawn.max() < 2112 and (drawn >= 2048).any()  # specials included (P(none of ~1300 draws) ~ 1e-18)
+    text = hit[8]
+    assert not text[:start].any() and 0.2 < text[start:].float().mean() < 0.4 and not torch.equal(text, cols)
+
+
+def test_too_long_rows_are_cut_at_max_len_and_trained():
+    rec = {"conversations": chat(("hi", "a long answer text")), "answer_audios": [codes(30)]}
+    prompt = turn("user", ids("hi")) + [IM_START, *ids("assistant\n")]
+    s, max_len = len(prompt), len(prompt) + 12
+    _, lay = lay_of(rec, rd=reader(max_len))
+    assert lay.length == max_len and lay.start == s
+    assert lay.targets[8, s - 1 :].tolist() == ids("a long answer text")[:13]  # answer cut
+    for lvl in range(K):  # codebook l, frame k is the target at s + l + k; no STOP where it is cut off
+        assert lay.targets[lvl, s + lvl :].tolist() == [100 * lvl + k for k in range(max_len - s - lvl)]
+    assert not (lay.targets[:8] == 2050).any() and set(lay.weights.unique().tolist()) <= {0.0, 1.0}
+    from data.dataset import RowError
+
+    with pytest.raises(RowError, match="no answer position"):  # a prompt longer than max_len has nothing to train
+        lay_of({**rec, "conversations": chat(("hi " * 20, "x"))}, rd=reader(s))
+
+
+def test_t2a_row_with_empty_answer_audio_trains_its_text_only():
+    for audios in ([[]], [codes(2), []]):
+        pairs = [("q1", "a1"), ("q2", "a2")][-len(audios):]
+        plan, lay = lay_of({"conversations": chat(*pairs), "answer_audios": audios})
+        assert plan.task == "t2a" and (lay.targets[:8] == -100).all() and (lay.weights == 0).all()
+        s = lay.start
+        assert lay.targets[8, s - 1 :].tolist() == [*ids("a2"), IM_END, *ids("\n")]  # the last turn, text only
