@@ -1,7 +1,14 @@
-"""Checkpoint reading without executing pickled code: `torch.load(weights_only=True)` or safetensors."""
+"""Checkpoints are data, never code: reading with `torch.load(weights_only=True)` or safetensors (local files
+only), the stored run config checked against the families' allow-list (omni.families.STORED_TARGETS), atomic
+writes next to the checkpoint (`atomic_save`) and the newest complete checkpoint of a run folder (`ckpt_path=last`)."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import pickle
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -10,16 +17,117 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as data (truncated, corrupt, pickled objects, not local)."""
+
+
+def local_checkpoint_path(path: str | Path, what: str = "checkpoint") -> Path:
+    """A local file path; URLs (`http://`, `s3://`, ...) are refused: nothing is downloaded or unpickled from them."""
+    text = str(path)
+    if "://" in text:
+        raise CheckpointError(f"{what}={text}: a URL is refused; download the file and pass its local path "
+                              "(it is then read weights-only)")
+    return Path(text)
+
+
+def load_torch_file(path: str | Path, map_location="cpu", what: str = "checkpoint") -> dict:
+    """`torch.load(weights_only=True)` of a local file; any failure names the file (and says why in words)."""
+    path = local_checkpoint_path(path, what)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights-only refused a global: pickled code / objects
+        raise CheckpointError(f"{what} {path}: holds pickled objects other than tensors and plain containers; "
+                              f"refused (weights-only load: {str(e).splitlines()[0][:300]})") from e
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{what} {path} ({path.stat().st_size} bytes) is truncated or corrupt: "
+                              f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}") from e
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load a Lightning `.ckpt` / torch file (weights only) or a `.safetensors` file into a dict."""
-    path = Path(path)
+    """Load a Lightning `.ckpt` / torch file (weights only) or a `.safetensors` file into a dict. A stored run
+    config (`omni_config`) is checked against the families' allow-list (nothing is built from it here)."""
+    path = local_checkpoint_path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return {"state_dict": load_file(str(path))}
-    return torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path)
+    check_checkpoint_config(ckpt, path)
+    return ckpt
+
+
+def check_checkpoint_config(ckpt: object, path: str | Path) -> None:
+    """A checkpoint's stored run config (if any) names only the project's classes (omni.families)."""
+    if isinstance(ckpt, dict) and ckpt.get("omni_config") is not None:
+        from omni.families import check_stored_run_config
+
+        check_stored_run_config(ckpt["omni_config"], path)
+
+
+def atomic_save(obj: object, path: str | Path) -> Path:
+    """torch.save to a temporary file in the checkpoint's own folder (never $TMPDIR), flushed and fsync'd, then
+    renamed over `path`: a kill at any moment leaves either the previous file or the new one, complete. A temporary
+    file left by an earlier kill (`.NAME.*.tmp`) is removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as a plain open() would create it (mkstemp makes it 0600)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def is_complete_checkpoint(path: str | Path) -> bool:
+    """A torch zip file whose central directory and every member's CRC check out (cheap: no unpickling)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None and any(n.endswith("data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
+def find_last_checkpoint(folder: str | Path) -> Path:
+    """`ckpt_path=last`: the newest (by modification time) complete `*.ckpt` in `folder`; incomplete ones are
+    skipped with a warning naming them, temporary files of an interrupted write (`.*.tmp`) are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"ckpt_path=last: no checkpoint folder {folder}")
+    candidates = sorted((p for p in folder.glob("*.ckpt") if not p.name.startswith(".") and p.is_file()),
+                        key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
+    broken = []
+    for path in candidates:
+        if is_complete_checkpoint(path):
+            if broken:
+                log.warning("ckpt_path=last: skipped incomplete checkpoint(s) %s; resuming from %s", broken, path)
+            return path
+        broken.append(str(path))
+    raise FileNotFoundError(f"ckpt_path=last: no complete checkpoint in {folder}"
+                            + (f" (incomplete: {broken})" if broken else ""))
 
 
 def model_state_dict(ckpt: dict, prefix: str = "model.") -> dict[str, torch.Tensor]:
@@ -38,7 +146,7 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     recognise is read as a Lightning checkpoint or a bare state dict of our own names."""
     from omni.families import release_importer
 
-    path = Path(path)
+    path = local_checkpoint_path(path, "init_from")
     if not path.exists():
         raise FileNotFoundError(f"init_from: {path} does not exist")
     importer = release_importer(model)

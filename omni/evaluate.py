@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.metrics import bucketed_error_rates, error_rates
@@ -28,22 +27,27 @@ log = logging.getLogger(__name__)
 
 def load_for_eval(ckpt_path: str):
     """-> (model in eval mode, run config dict) from a checkpoint written by train.py."""
+    from omni.families import model_from_stored_config
+
     ckpt = read_checkpoint(ckpt_path)
     run_cfg = ckpt.get("omni_config")
     if not run_cfg:
         raise ValueError(f"{ckpt_path}: no `omni_config` in this checkpoint; was it written by train.py?")
-    model = hydra.utils.instantiate(OmegaConf.create(run_cfg["model"]))
+    model = model_from_stored_config(run_cfg, ckpt_path)  # allow-listed classes only (omni.families)
     model.load_state_dict(model_state_dict(ckpt))
     return model.eval(), run_cfg
 
 
 def build_datamodule(run_cfg: dict, cfg: DictConfig):
-    data_cfg = OmegaConf.create(run_cfg["data"])
+    """The checkpoint's DataModule (an allow-listed class, omni.families.instantiate_stored), `data_path` applied."""
+    from omni.families import instantiate_stored
+
+    data_cfg = dict(run_cfg.get("data") or {})
     if cfg.data_path:
-        data_cfg[cfg.split] = cfg.data_path
+        data_cfg[cfg.split] = str(cfg.data_path)
     if not data_cfg.get(cfg.split):
         raise ValueError(f"split {cfg.split!r} has no data path in the checkpoint config; set data_path=...")
-    return hydra.utils.instantiate(data_cfg)
+    return instantiate_stored(run_cfg, "data", cfg.ckpt, node=data_cfg)
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -60,3 +60,82 @@ def eval_tasks(infer: Any) -> dict[str, bool]:
         return {task: spec.audio_out for task, spec in TASKS.items() if task in REFERENCE_FIELD}
     raise ValueError(f"{type(infer).__name__} has no tasks to score on a data split"
                      + (" (Mini-Omni3: eval.py mode=session)" if isinstance(infer, MiniOmni3Inference) else ""))
+
+
+# -- rebuilding from a checkpoint's stored run config (`omni_config`): data, never code --------------------------
+# The classes a stored config may name in `_target_`, by section: each family's model and config classes, and the
+# DataModules. A new family adds its classes here. Any other `_target_` (anywhere in the section) is refused,
+# naming it and the checkpoint, before anything is built; so are interpolations (`${...}`: a resolver could import
+# a module), since train.py stores the config resolved.
+STORED_TARGETS: dict[str, tuple[str, ...]] = {
+    "model": ("omni.mini_omni.model.MiniOmni", "omni.mini_omni.model.MiniOmniConfig",
+              "omni.mini_omni3.model.MiniOmni3", "omni.mini_omni3.model.MiniOmni3Config",
+              "omni.minimind_o.model.MiniMindO", "omni.minimind_o.model.MiniMindOConfig"),
+    "data": ("data.datamodule.OmniDataModule", "data.streaming.datamodule.StreamingDataModule",
+             "data.minimind_o.datamodule.MiniMindODataModule"),
+}
+_TOP_LEVEL = {"model": tuple(f"{c.__module__}.{c.__qualname__}" for c in RELEASE_IMPORTERS),  # model classes only
+              "data": STORED_TARGETS["data"]}
+
+
+class StoredConfigError(ValueError):
+    """A checkpoint's stored config names something outside the allow-list (nothing was built from it)."""
+
+
+def check_stored_config(node: Any, source: Any, section: str, where: str | None = None) -> None:
+    """Raise StoredConfigError unless every `_target_` in `node` (a plain dict/list tree) is one of
+    STORED_TARGETS[section] and no string holds an interpolation. Builds and imports nothing."""
+    where = where or section
+    allowed = STORED_TARGETS[section]
+    if isinstance(node, dict):
+        if "_target_" in node:
+            target = node["_target_"]
+            if not isinstance(target, str) or target not in allowed:
+                raise StoredConfigError(
+                    f"{source}: stored config `{where}._target_` = {target!r} is not one of the project's "
+                    f"{section} classes; refused, nothing was built from it (allowed: {list(allowed)})")
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise StoredConfigError(f"{source}: stored config `{where}` has a non-string key {key!r}; refused")
+            check_stored_config(value, source, section, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_stored_config(value, source, section, f"{where}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise StoredConfigError(f"{source}: stored config `{where}` = {node!r} holds an interpolation; refused "
+                                "(train.py stores its config resolved)")
+    elif not (node is None or isinstance(node, (bool, int, float, str))):
+        raise StoredConfigError(f"{source}: stored config `{where}` holds a {type(node).__name__}; refused "
+                                "(plain data only)")
+
+
+def check_stored_run_config(run_cfg: Any, source: Any) -> None:
+    """The sections entry points rebuild from a checkpoint (`model`, `data`) pass `check_stored_config`."""
+    if not isinstance(run_cfg, dict):
+        raise StoredConfigError(f"{source}: stored `omni_config` is a {type(run_cfg).__name__}, not a mapping")
+    for section in STORED_TARGETS:
+        if run_cfg.get(section) is not None:
+            check_stored_config(run_cfg[section], source, section)
+
+
+def instantiate_stored(run_cfg: dict, section: str, source: Any, node: Any = None):
+    """Build `run_cfg[section]` (or `node`, an edited copy of it) from a checkpoint's stored config, after
+    `check_stored_config`: only the allow-listed classes, the top-level one of the section's kind."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    node = run_cfg.get(section) if node is None else node
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node)
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise StoredConfigError(f"{source}: stored config has no `{section}._target_` to build")
+    check_stored_config(node, source, section)
+    if node["_target_"] not in _TOP_LEVEL[section]:
+        raise StoredConfigError(f"{source}: stored config `{section}._target_` = {node['_target_']!r} is not a "
+                                f"{section} class (expected one of {list(_TOP_LEVEL[section])})")
+    return hydra.utils.instantiate(OmegaConf.create(node))
+
+
+def model_from_stored_config(run_cfg: dict, source: Any) -> nn.Module:
+    """The family model a checkpoint's stored run config describes (random weights; load the state dict next)."""
+    return instantiate_stored(run_cfg, "model", source)

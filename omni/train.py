@@ -47,12 +47,15 @@ def run_stage(cfg: DictConfig, init_from: str | None, ckpt_path: str | None) -> 
     callbacks = instantiate_section(cfg.get("callbacks"))
     loggers = instantiate_section(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    from omni import checkpoint_io
+
+    checkpoint_io.install(trainer)  # atomic writes next to the checkpoint; weights-only, allow-listed reads
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     last = _last_checkpoint(cfg, trainer)
     if cfg.get("test") and cfg.data.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-        for row in trainer.test(module, datamodule=datamodule, ckpt_path=best or None):
+        for row in trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True):
             metrics.update({k: float(v) for k, v in row.items()})
     _finish_loggers()
     return metrics, last
@@ -86,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     curriculum = list(cfg.curriculum.keys()) if cfg.get("curriculum") else [None]
-    init_from, ckpt_path = cfg.get("init_from"), cfg.get("ckpt_path")
+    init_from, ckpt_path = cfg.get("init_from"), resolve_ckpt_path(cfg)
     metrics: dict[str, float] = {}
     for name in curriculum:
         if name is not None:
@@ -97,6 +100,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("stage %s done; last checkpoint %s", cfg.stage.name, init_from)
     metrics["last_checkpoint"] = init_from  # type: ignore[assignment]
     return metrics
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path`: a local checkpoint file (URLs refused; read weights-only), or `last`: the newest complete
+    `*.ckpt` of the run folder's `checkpoints/<stage.name>/` (of the first stage in a curriculum), the run folder
+    being `resume_dir` if set, else `paths.output_dir`. A file that is truncated or corrupt fails here, naming it."""
+    from omni.checkpoint import find_last_checkpoint, is_complete_checkpoint, load_torch_file, local_checkpoint_path
+
+    value = cfg.get("ckpt_path")
+    if not value:
+        return None
+    if str(value) == "last":
+        stage = cfg.curriculum[next(iter(cfg.curriculum))] if cfg.get("curriculum") else cfg.stage
+        folder = Path(cfg.get("resume_dir") or cfg.paths.output_dir) / "checkpoints" / stage.name
+        path = find_last_checkpoint(folder)
+        log.info("ckpt_path=last: resuming from %s", path)
+        return str(path)
+    path = local_checkpoint_path(value, "ckpt_path")
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={value}: no such checkpoint file")
+    if not is_complete_checkpoint(path):
+        load_torch_file(path, what="ckpt_path")  # raises naming the file and what is wrong with it
+    return str(path)
 
 
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:

@@ -168,19 +168,15 @@ def test_local_ctc_folder_replaces_pocketsphinx(tmp_path, clips):
 
 
 def test_exported_mos_model_replaces_dnsmos(tmp_path, clips):
-    class RmsMOS(torch.nn.Module):  # a stand-in predictor with a known answer: 1 + 4 * rms
-        def forward(self, wav):
-            return 1.0 + 4.0 * wav.pow(2).mean(dim=-1).sqrt()
+    from tests.test_faults_checkpoint import rms_mos_onnx
 
-    n = torch.export.Dim("n", min=160, max=16000 * 60)
-    program = torch.export.export(RmsMOS(), (torch.zeros(1, 16000),), dynamic_shapes=({1: n},))
-    torch.export.save(program, tmp_path / "mos.pt2")
-    mos = build_quality(str(tmp_path / "mos.pt2"))
+    # an ONNX stand-in predictor with a known answer: 1 + 4 * rms (`.pt2` programs are refused: they unpickle)
+    mos = build_quality(str(rms_mos_onnx(tmp_path / "mos.onnx")))
     _, wav, sr = clips["flite:awb"][0]
     expected = 1.0 + 4.0 * float(np.sqrt(np.mean(np.clip(wav, -1, 1) ** 2)))
     assert mos.score(wav, sr)["mos"] == pytest.approx(expected, rel=1e-4)  # the bundled audio is 16 kHz
     samples = [_sample(0, "", "", wav, sr, None, None), _sample(1, "", "", None, sr, None, None)]
     metrics, rows = quality(samples, mos)
     assert metrics["mos"] == pytest.approx(expected, rel=1e-4) and metrics["mos_n"] == 1 and "1" not in rows
-    with pytest.raises(ValueError, match=".pt2"):
+    with pytest.raises(ValueError, match=".onnx"):
         build_quality(__file__)

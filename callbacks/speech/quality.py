@@ -1,9 +1,10 @@
 """Speech-quality predictors (non-intrusive MOS): `score(wav, sr) -> {"mos": float, ...}`.
 
 Default: DNSMOS P.835 + P.808 (Microsoft's ONNX models shipped inside `speechmos`, run by onnxruntime, offline):
-`mos` = OVRL, plus `sig`, `bak`, `p808`. A local UTMOS (or any waveform -> MOS model) replaces it as a
-`torch.export` program file (`.pt2`: input (1, n) float32 at `sample_rate`, output the MOS as a scalar or a
-1-element tensor); hub-only predictors cannot be fetched here, so export one where you have the weights."""
+`mos` = OVRL, plus `sig`, `bak`, `p808`. A local UTMOS (or any waveform -> MOS model) replaces it as an ONNX file
+(`.onnx`, run by onnxruntime: input (1, n) float32 at `sample_rate`, output the MOS as a scalar or a 1-element
+tensor); hub-only predictors cannot be fetched here, so export one where you have the weights. Model files are
+data, never code: a `torch.export` program (`.pt2`) is refused, since `torch.export.load` unpickles."""
 from __future__ import annotations
 
 import os
@@ -49,35 +50,41 @@ class DNSMOS(LazyScorer):
 
 
 class ExportedMOS(LazyScorer):
-    """A local `torch.export` program (.pt2) mapping a (1, n) waveform at `sample_rate` to a MOS."""
+    """A local ONNX model (.onnx, onnxruntime) mapping a (1, n) waveform at `sample_rate` to a MOS."""
 
     def __init__(self, path: str, sample_rate: int = 16000) -> None:
         super().__init__()
+        if str(path).endswith(".pt2"):
+            raise ValueError(f"quality: {path!r} is a torch.export program (.pt2), refused: torch.export.load "
+                             "unpickles, and model files are data, never code. Export the model to ONNX instead "
+                             "(torch.onnx.export(model, (wav,), 'utmos.onnx', dynamic_axes={'wav': {1: 'n'}}))")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"quality: model file not found: {path!r}")
-        if not path.endswith(".pt2"):
-            raise ValueError(f"quality: {path!r} is not a torch.export program (.pt2); export your UTMOS with "
-                             f"torch.export.save(torch.export.export(model, (wav,)), 'utmos.pt2')")
+        if not path.endswith(".onnx"):
+            raise ValueError(f"quality: {path!r} is not an ONNX model (.onnx); export your UTMOS with "
+                             "torch.onnx.export(model, (wav,), 'utmos.onnx', dynamic_axes={'wav': {1: 'n'}})")
         self.path, self.sample_rate = path, int(sample_rate)
-        self.name = f"exported:{os.path.basename(path)}"
+        self.name = f"onnx:{os.path.basename(path)}"
 
     def _load(self) -> Any:
-        import torch
+        import onnxruntime as ort
 
-        return torch.export.load(self.path).module()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = torch_threads(), 1
+        opts.log_severity_level = 3
+        try:
+            return ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own error types
+            raise ValueError(f"quality: {self.path} is not a valid ONNX model: {str(e).splitlines()[0]}") from e
 
     def score(self, wav: np.ndarray, sr: int) -> dict[str, float]:
-        import torch
-
-        audio = torch.from_numpy(prepare_wav(wav, sr, self.sample_rate)).unsqueeze(0)
-        with torch.no_grad():
-            out = self.model(audio)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        if out.numel() != 1:
+        audio = prepare_wav(wav, sr, self.sample_rate).astype(np.float32)[None, :]
+        out = np.asarray(self.model.run(None, {self.model.get_inputs()[0].name: audio})[0])
+        if out.size != 1:
             raise ValueError(f"quality: {self.path} returned {tuple(out.shape)}; expected one MOS value")
         return {"mos": float(out.reshape(()))}
 
 
 def build_quality(path: str | None = None, sample_rate: int = 16000) -> DNSMOS | ExportedMOS:
-    """None -> DNSMOS (speechmos); a `.pt2` file -> that exported MOS predictor (e.g. UTMOS)."""
+    """None -> DNSMOS (speechmos); an `.onnx` file -> that MOS predictor (e.g. UTMOS); `.pt2` is refused."""
     return ExportedMOS(path, sample_rate) if path else DNSMOS()

@@ -63,14 +63,11 @@ def online_sessions(dataset: Any) -> list[tuple[np.ndarray, list[int]]]:
 
 
 def score_checkpoint(ckpt: str, split: str = "test") -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    import hydra
     from omni.evaluate import load_for_eval
-    from omni.families import load_tokenizer
+    from omni.families import instantiate_stored, load_tokenizer
 
-    model, run_cfg = load_for_eval(ckpt)
-    dm = hydra.utils.instantiate(OmegaConf.create(run_cfg["data"]))
+    model, run_cfg = load_for_eval(ckpt)  # checkpoints are data: allow-listed classes only (omni.families)
+    dm = instantiate_stored(run_cfg, "data", ckpt)
     dm.setup("test" if split == "test" else "validate")
     loader = {"test": dm.test_dataloader, "val": dm.val_dataloader}[split]()
     report = {"teacher_forced": teacher_forced(model, loader),
