@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from omni.config import configure_environment
+from omni.config import configure_environment, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def build_module(cfg: DictConfig, init_from: str | None):
         scheduler=scheduler,
         init_from=init_from,
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
     )
 
 
@@ -46,6 +47,12 @@ def run_stage(cfg: DictConfig, init_from: str | None, ckpt_path: str | None) -> 
     module = build_module(cfg, init_from)
     callbacks = instantiate_section(cfg.get("callbacks"))
     loggers = instantiate_section(cfg.get("logger"))
+    if not loggers:  # `logger=none`: nothing to send learning rates to (Lightning refuses the monitor then)
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        if any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            log.info("no logger: the learning-rate monitor is left out")
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     from omni import checkpoint_io
 
@@ -86,6 +93,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     configure_environment()
+    validate_config(cfg)  # wrong types fail here naming the key, not deep inside a run
+    check_output_dirs(cfg)  # an unwritable output folder fails here naming it, not after the first epoch
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     curriculum = list(cfg.curriculum.keys()) if cfg.get("curriculum") else [None]
@@ -125,10 +134,54 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
+def check_output_dirs(cfg: DictConfig) -> None:
+    """Every folder the run will write (paths.output_dir, trainer.default_root_dir, callbacks' / loggers' dirpath,
+    out_dir, save_dir and report_path's folder) is created and probed with a temporary file; one that cannot be
+    written fails now naming its config key and path."""
+    import tempfile
+
+    folders: dict[str, str] = {"paths.output_dir": cfg.paths.output_dir}
+    if cfg.get("trainer") and cfg.trainer.get("default_root_dir"):
+        folders["trainer.default_root_dir"] = cfg.trainer.default_root_dir
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if not isinstance(node, DictConfig):
+                continue
+            for key in ("dirpath", "out_dir", "save_dir", "report_path"):
+                if node.get(key):
+                    folders[f"{group}.{name}.{key}"] = str(Path(node[key]).parent if key == "report_path" else
+                                                           node[key])
+    for key, folder in folders.items():
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+                pass
+        except OSError as e:
+            raise PermissionError(f"{key}={folder}: the run could not write there ({e.strerror or e}); "
+                                  f"choose a writable folder") from e
+
+
+class NonFiniteMetricError(ValueError):
+    """The optimized metric is nan / inf: a sweeper must record a failed trial, not a value."""
+
+
 def metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
-    """The value a sweeper optimises; a clear error when the metric was never logged."""
+    """The value a sweeper optimises. A non-finite value raises (the sweeper records a failed trial); a metric of
+    a split that never ran (e.g. `trainer.limit_val_batches=0`, data without a val split) gives None with a
+    warning; a metric never logged while its split ran (a typo) raises naming the logged ones."""
+    import math
+
     if not name:
         return None
     if name not in metrics:
+        split = name.split("/", 1)[0] + "/" if "/" in name else None
+        if split and not any(str(k).startswith(split) for k in metrics):
+            log.warning("optimized_metric %r: no metric was produced (no %s metric was logged: that split did not "
+                        "run); returning none", name, split.rstrip("/"))
+            return None
         raise KeyError(f"optimized_metric {name!r} was not logged; logged metrics: {sorted(metrics)}")
-    return float(metrics[name])
+    value = float(metrics[name])
+    if not math.isfinite(value):
+        raise NonFiniteMetricError(f"optimized_metric {name!r} is {value}: the run produced no usable value "
+                                   f"(reported as a failed trial, not as a result)")
+    return value
