@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from data.audio import AudioDecodeError, decode_audio
 from data.sampler import AUDIO_IN, IMAGE_IN, TASK_ORDER, encoder_frames, estimate_length
-from data.schema import CODES_PER_FRAME, TASK_REQUIREMENTS, validate_table
+from data.schema import CODES_PER_FRAME, SCHEMA, TASK_REQUIREMENTS, validate_table
 
 LIGHT_COLUMNS = ("id", "task", "duration_s", "n_frames", "question_text", "answer_text")
 MASK = np.uint16  # task bitmask dtype: bit i = TASK_ORDER[i]
@@ -279,7 +279,7 @@ class ParquetIndex(RowIndex):
         sizes = pf_sizes
         n = table.num_rows
         group = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-        starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes).astype(np.int64)
+        starts = np.repeat(np.cumsum([0] + sizes)[:-1], sizes).astype(np.int64)
         cols = {
             "shard": np.full(n, shard, dtype=np.int32),
             "group": group,
