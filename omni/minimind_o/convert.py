@@ -4,9 +4,13 @@ Released names (spec "Released state-dict prefixes") equal ours except the Think
 our `thinker.model.*`; `lm_head.weight` is tied to the embedding (checked on import, written on export);
 `talker.*`, `audio_proj.mlp.*`, `vision_proj.mlp.*` are identical. Dimensions are read from the tensors (heads
 from the q/k projections and the QK-norm width, FFN width, Talker width / depth, adapter width, speaker and
-encoder widths, MoE experts); RoPE base, RMSNorm eps and MoE top-k come from a folder's config.json when
-present, else the base config. The frozen encoders are not part of the weights. Every file is read with
-`torch.load(weights_only=True)` or safetensors: no pickled code runs.
+encoder widths, MoE experts); RoPE base, RMSNorm eps (released 1e-6) and MoE top-k come from a folder's
+config.json when present, else the base config; the bridge layer is config.json's `bridge_layer`, else derived
+from the checkpoint's own depth (`num_layers // 2 - 1`), never the base config's. Every architecture key that
+config.json states is checked against the tensors. `init_from=` (`init_from` below) runs the same code and then
+compares the result with the chosen model config, failing at start on any difference (key and both values).
+The frozen encoders are not part of the weights. Every file is read with `torch.load(weights_only=True)` or
+safetensors: no pickled code runs.
 
     python -m omni.minimind_o.convert import  minimind-3o/sft_omni_768.pth  out/minimind3o.pt [--base CONFIG]
     python -m omni.minimind_o.convert to-pth  logs/.../last.ckpt  out/sft_omni.pth

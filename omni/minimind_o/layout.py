@@ -213,7 +213,7 @@ class Augment:
 
     keep_ref: probability to keep the reference codes (released 0.5); system_prompt: probability to add a
     random system prompt from `system_prompts` when the conversation has none (0.2); keep_think: probability
-    to keep the empty think block (0.2); scheduled_sampling: fraction of answer input positions (text and
+    to keep the empty think block at the start of the answer, as text targets (0.2); scheduled_sampling: fraction of answer input positions (text and
     audio) replaced by random ids (0.05); random_turn: truncate a multi-turn conversation at a random
     assistant turn; waveform / spec_augment: probabilities of question-audio augmentation (see
     `augment_waveform`, `spec_augment`)."""
