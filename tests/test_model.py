@@ -73,13 +73,14 @@ def test_audio_features_replace_audio_rows_only_at_span(tiny_model):
     torch.testing.assert_close(x[0, [0, 5, 6]], plain[0, [0, 5, 6]])
 
 
-@pytest.mark.parametrize("task,audio_out", [("a1t2", False), ("a1a2", True)])
-def test_kv_cache_generation_equals_full_forward(tiny_model, task, audio_out):
+@pytest.mark.parametrize("task,audio_out,force", [("a1t2", False, False), ("a1a2", True, False),
+                                                  ("a1a2", True, True)])
+def test_kv_cache_generation_equals_full_forward(tiny_model, task, audio_out, force):
     tok = tiny_model.tokens
     ex = example(tiny_model, task)
     prompt = audio_prompt(tok, 5, task).unsqueeze(0)
     mels = ex["mels"].unsqueeze(0)
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=12, force_pad_a=force)
     gen = MiniOmniDecoder(tiny_model).generate(prompt, audio_out, cfg, mels, 1, 5)
     assert gen.steps == 12  # random weights never emit the stop token this early
     # columns fed back after each step = the generated tokens; re-run everything in one full forward
@@ -95,8 +96,61 @@ def test_kv_cache_generation_equals_full_forward(tiny_model, task, audio_out):
         for i in range(7):
             expect = tiny_model.row_logits(h, i).argmax(-1).tolist()
             got = gen.audio_layers[0][i]
-            assert got[: i + 1] == [tok.pad_a] * (i + 1)  # fill is forced, not sampled
-            assert got[i + 1:] == expect[i + 1:]
+            if force:
+                assert got[: i + 1] == [tok.pad_a] * (i + 1)  # fill forced (option, not the release)
+                assert got[i + 1:] == expect[i + 1:]
+            else:
+                assert got == expect  # released: the fill steps are sampled and fed back like any other
+
+
+def rigged_model(cfg, text_id, audio_ids):
+    """A model whose every position has the same final state h = sqrt(D) e_0 (all embedding rows e_0, every block's
+    output projections zero, so the residual stream stays the mean embedding e_0), and whose head column 0 is 1 at
+    text id `text_id` and at local id audio_ids[i] of audio layer i, 0 elsewhere: greedy decoding must pick
+    exactly those ids at every step, whatever was fed back."""
+    torch.manual_seed(0)
+    m = MiniOmni(cfg).eval()
+    tok = m.tokens
+    with torch.no_grad():
+        emb = m.backbone.get_input_embeddings().weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        for layer in m.backbone.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        m.backbone.model.norm.weight.fill_(1.0)
+        head = m.head_weight
+        head.zero_()
+        head[text_id, 0] = 1.0
+        for i, a in enumerate(audio_ids):
+            head[tok.text_padded + tok.audio_padded * i + a, 0] = 1.0
+    return m
+
+
+def test_decoding_samples_fill_and_after_eoa_by_default(tiny_model_cfg):
+    """Spec pin (2026-12): the released decoder feeds back whatever the model produces for layer i at steps k <= i
+    and after that layer's EOA; PAD_A is forced only with force_pad_a. Layer 0 always emits EOA (4096), layer i >= 1
+    always emits 10 + i, the text 7 (tiny table: PAD_A = 4097)."""
+    from omni.mini_omni.layout import text_prompt
+
+    EOA, PAD_A = 4096, 4097
+    m = rigged_model(tiny_model_cfg, 7, [EOA] + [10 + i for i in range(1, 7)])
+    prompt = text_prompt(m.tokens, [5, 6, 7], "t1a2").unsqueeze(0)
+    dec = MiniOmniDecoder(m)
+    released = dec.generate(prompt, True, SamplingConfig(temperature=0.0, max_new_tokens=9))
+    assert released.steps == 9 and released.text_ids[0] == [7] * 9
+    expect = [[EOA] * 9] + [[10 + i] * 9 for i in range(1, 7)]  # every step, fill included, EOA repeated
+    assert released.audio_layers[0] == expect
+    forced = dec.generate(prompt, True, SamplingConfig(temperature=0.0, max_new_tokens=9, force_pad_a=True))
+    expect_forced = [[PAD_A, EOA] + [PAD_A] * 7] + [[PAD_A] * (i + 1) + [10 + i] * (8 - i) for i in range(1, 7)]
+    assert forced.audio_layers[0] == expect_forced
+    a1a2, a1t2 = audio_prompt(m.tokens, 2, "a1a2").unsqueeze(0), audio_prompt(m.tokens, 2, "a1t2").unsqueeze(0)
+    mels = torch.zeros(1, tiny_model_cfg.n_mels, tiny_model_cfg.max_source_positions * 2)
+    both = generate_batch_parallel(m, a1a2, a1t2, mels, 2, SamplingConfig(temperature=0.0, max_new_tokens=9))
+    assert both.audio_layers[0] == expect and both.text_ids[0] == [7] * 9
+    both = generate_batch_parallel(m, a1a2, a1t2, mels, 2,
+                                   SamplingConfig(temperature=0.0, max_new_tokens=9, force_pad_a=True))
+    assert both.audio_layers[0] == expect_forced
 
 
 def test_batch_parallel_text_follows_a1t2_decoding(tiny_model):

@@ -67,7 +67,9 @@ def test_tiny_model_streams_playable_audio(tiny_model):
     events = list(infer.stream(ex, "t1a2", sampling, partial(decode_frames, codec), stride=4))
     n_frames = sum(int(e.frames.shape[0]) for e in events if e.frames is not None)
     audio = np.concatenate([e.audio for e in events if e.audio is not None])
-    assert n_frames == 20 - 7  # random weights: no EOA within 20 steps; frames start at step 7
+    # frames start at step 7; random weights decoded unforced (the released way) may emit a special token (a frame
+    # holding one ends the audio) before step 20
+    assert 0 < n_frames <= 20 - 7
     assert codec_sample_rate(codec) == 24000 and audio.shape == (n_frames * 2048,) and np.isfinite(audio).all()
     whole = infer.answer(ex, "t1a2", sampling)
     assert torch.equal(whole.frames, torch.cat([e.frames for e in events if e.frames is not None]))

@@ -276,3 +276,38 @@ def test_image_generation_prompt_matches_training_layout(vision_model):
                     m.encode_image(example["pixels"][None]), i0, one * lay.image_start, one * lay.image_len)
         h = m.hidden(x).last_hidden_state[0, P - 1:]
     assert m.row_logits(h, 7).argmax(-1).tolist()[: len(text)] == text
+
+
+def test_image_a1a2_decodes_batch_parallel_text_from_the_image_a1t2_item(vision_model):
+    """Spec pin (2026-12): Mini-Omni2 image_a1a2 decodes like A1A2 batch-parallel. Item 0 = image_a1a2 prompt (its
+    own audio fed back), item 1 = image_a1t2 prompt of the same image + audio (audio rows fed PAD_A); every step's
+    text token is item 1's argmax and is fed to both; the audio tokens are item 0's argmax. Checked against two
+    teacher-forced full forwards built from the spec layouts."""
+    from omni.mini_omni.generate import SamplingConfig
+    from omni.mini_omni.infer import MiniOmniInference
+
+    m, tok = vision_model, vision_model.tokens
+    T, K = 5, 6
+    g = torch.Generator().manual_seed(7)
+    example = {"pixels": torch.randn(3, 224, 224, generator=g), "mels": torch.randn(80, 100, generator=g),
+               "n_audio_frames": T}
+    cols = list(MiniOmniInference(m, tokenizer=None).iter_columns(
+        example, "image_a1a2", SamplingConfig(temperature=0.0, max_new_tokens=K)))
+    assert len(cols) == K and all(c.shape == (1, 8) for c in cols)
+    grid = torch.stack(cols, dim=-1)[0]  # (8, K) item 0's columns: its audio tokens + the shared text token
+    item1 = grid.clone()
+    item1[:7] = tok.pad_a  # item 1 is fed PAD_A on the audio rows
+    i0, one = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
+    heads = []
+    for task, fed in (("image_a1a2", grid), ("image_a1t2", item1)):
+        prompt = image_prompt(tok, T, task)  # (8, 55 + T): image at 1..50, audio at 52..
+        ids = torch.cat([prompt, fed[:, :-1]], dim=-1).unsqueeze(0)
+        with torch.no_grad():
+            x = m.embed(ids, m.encode_audio(example["mels"][None]), i0, one * 52, one * T,
+                        m.encode_image(example["pixels"][None]), i0, one, one * 50)
+            heads.append(m.hidden(x).last_hidden_state[0, 55 + T - 1:])  # (K, D): states that score steps 0..K-1
+    h0, h1 = heads
+    assert m.row_logits(h1, 7).argmax(-1).tolist() == grid[7].tolist()  # text from item 1 (image_a1t2)
+    for i in range(7):
+        assert m.row_logits(h0, i).argmax(-1).tolist() == grid[i].tolist()  # speech from item 0
+    assert m.row_logits(h0, 7).argmax(-1).tolist() != grid[7].tolist()  # item 0's own text would differ here

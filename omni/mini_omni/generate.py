@@ -2,7 +2,10 @@
 
 Dims legend: B batch, R = 8 rows, P prompt length, D width, V row vocabulary.
 At answer step k the text row emits token k and audio layer i emits frame k - i - 1; steps k <= i of layer i are
-fill (PAD_A, forced rather than sampled, exactly as in training), and a layer that emitted EOA is padded after.
+its fill. As in the released decoder, every audio layer is sampled at every step and what it emits is fed back, in
+its fill steps and after its EOA too (the training layout makes PAD_A the target there, so a trained model emits it
+by itself); `SamplingConfig.force_pad_a` forces PAD_A at those steps instead. The text row is PAD_T after EOT (forced,
+as in the release).
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ class SamplingConfig:
     max_new_tokens: int = 2048
     seed: int | None = None
     ctc_weight: float = 0.0  # ASR only: hybrid CTC/attention greedy decoding with the model's CTC head (omni/ctc.py)
+    # False (released behaviour): audio layer i's fill steps (k <= i) and its steps after EOA are sampled and fed
+    # back; True: PAD_A is forced there (not the released decoder; for models trained without those targets)
+    force_pad_a: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or self.max_new_tokens <= 0 or not 0 <= self.ctc_weight <= 1:
@@ -156,7 +162,8 @@ class MiniOmniDecoder:
     def _next_column(self, h: StepState, k: int, audio_out: bool, text_done: torch.Tensor,
                      audio_done: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator | None,
                      text_picker: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """Sample step k's 8 tokens from the states (B, D), forcing fill / padding where the layout fixes them."""
+        """Sample step k's 8 tokens from the states (B, D); PAD_T after EOT; PAD_A in layer i's fill (k <= i) and
+        after its EOA only under `cfg.force_pad_a`."""
         tok = self.tok
         B = h.shape[0]
         column = torch.full((B, tok.n_rows), tok.pad_a, dtype=torch.long)
@@ -165,31 +172,38 @@ class MiniOmniDecoder:
         column[:, tok.text_row] = torch.where(text_done, torch.full_like(text, tok.pad_t), text)
         if audio_out:
             for i in range(tok.n_audio_layers):
-                if k <= i:
-                    continue  # fill before layer i starts
+                if cfg.force_pad_a and k <= i:
+                    continue  # fill before layer i starts, forced
                 a = sample(self.model.row_logits(h.audio, i), cfg, gen).cpu()
-                column[:, i] = torch.where(audio_done[:, i], torch.full_like(a, tok.pad_a), a)
+                ended = audio_done[:, i] & cfg.force_pad_a
+                column[:, i] = torch.where(ended, torch.full_like(a, tok.pad_a), a)
         return column.to(h.device)
 
 
 @torch.no_grad()
 def iter_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt: torch.Tensor,
-                        audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig) -> Iterator[torch.Tensor]:
+                        audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig, audio_start: int = 1,
+                        image_pixels: torch.Tensor | None = None, image_start: int = 1, image_len: int = 0,
+                        ) -> Iterator[torch.Tensor]:
     """Spec 'batch-parallel decoding': item 0 = A1A2 prompt, item 1 = A1T2 prompt of the same audio (1, 8, P).
     Audio tokens come from item 0's audio logits, the text token from item 1's text logits; the text token is fed
-    to both, item 0 gets its own audio tokens back, item 1 gets PAD_A. Yields the answer's (1, 8) columns."""
+    to both, item 0 gets its own audio tokens back, item 1 gets PAD_A. Yields the answer's (1, 8) columns.
+    Mini-Omni2 image QA decodes the same way (spec pin 2026-12): item 0 = image_a1a2 prompt, item 1 = image_a1t2
+    prompt, both with the image `image_pixels` (1, 3, H, W) at image_start.. and the audio at audio_start (52)."""
     tok = model.tokens
     dec = MiniOmniDecoder(model)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
     prompt = torch.cat([a1a2_prompt, a1t2_prompt], dim=0)  # (2, 8, P)
-    h, cache = dec.prefill(prompt, audio_mels.expand(2, -1, -1), 1, audio_len)
+    pixels = None if image_pixels is None else image_pixels.expand(2, *image_pixels.shape[1:])
+    h, cache = dec.prefill(prompt, audio_mels.expand(2, -1, -1), audio_start, audio_len, image_pixels=pixels,
+                           image_start=image_start, image_len=image_len)
     text_done = False
     audio_done = torch.zeros(tok.n_audio_layers, dtype=torch.bool)
     for k in range(cfg.max_new_tokens):
         t = tok.pad_t if text_done else int(sample(model.row_logits(h.text[1:2], tok.text_row), cfg, gen))
         column = torch.full((2, tok.n_rows), tok.pad_a, dtype=torch.long)
         for i in range(tok.n_audio_layers):
-            if k > i and not audio_done[i]:
+            if not cfg.force_pad_a or (k > i and not audio_done[i]):  # released: sampled and fed back at every step
                 column[0, i] = int(sample(model.row_logits(h.audio[0:1], i), cfg, gen))
         column[:, tok.text_row] = t
         yield column[:1].clone()
@@ -201,9 +215,10 @@ def iter_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt:
 
 
 def generate_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt: torch.Tensor,
-                            audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig) -> Generation:
-    """Batch-parallel A1A2 decoding to completion (see `iter_batch_parallel`); one item."""
-    columns = iter_batch_parallel(model, a1a2_prompt, a1t2_prompt, audio_mels, audio_len, cfg)
+                            audio_mels: torch.Tensor, audio_len: int, cfg: SamplingConfig, **inputs: Any
+                            ) -> Generation:
+    """Batch-parallel A1A2 (or image_a1a2) decoding to completion (see `iter_batch_parallel`); one item."""
+    columns = iter_batch_parallel(model, a1a2_prompt, a1t2_prompt, audio_mels, audio_len, cfg, **inputs)
     return collect(model.tokens, columns, 1, audio_out=True)
 
 

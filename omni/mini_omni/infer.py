@@ -53,9 +53,10 @@ class MiniOmniInference:
 
     def iter_columns(self, example: dict, task: str, sampling: SamplingConfig,
                      batch_parallel: bool = True) -> Iterator[torch.Tensor]:
-        """Decoded (1, 8) step columns of one example's answer. A1A2 uses the spec's batch-parallel decoding."""
+        """Decoded (1, 8) step columns of one example's answer. A1A2 and Mini-Omni2 image_a1a2 use the spec's
+        batch-parallel decoding (speech from the audio-answer prompt, text from the text-answer prompt)."""
         if task_spec(task).image_in:
-            return self._iter_image_columns(example, task, sampling)
+            return self._iter_image_columns(example, task, sampling, batch_parallel)
         prompt, mels, T = self.prompt(example, task)
         if task == "a1a2" and batch_parallel:
             a1t2, _, _ = self.prompt(example, "a1t2")
@@ -80,8 +81,11 @@ class MiniOmniInference:
         return JointCTCPicker(CTCPrefixScorer(logp, blank=self.tok.text_vocab), weight, end=self.tok.eot,
                               vocab=self.tok.text_vocab)
 
-    def _iter_image_columns(self, example: dict, task: str, sampling: SamplingConfig) -> Iterator[torch.Tensor]:
-        """Mini-Omni2 image prompt (spec "image QA"): vision features at 1..N, encoder frames from N + 2."""
+    def _iter_image_columns(self, example: dict, task: str, sampling: SamplingConfig,
+                            batch_parallel: bool = True) -> Iterator[torch.Tensor]:
+        """Mini-Omni2 image prompt (spec "image QA"): vision features at 1..N, encoder frames from N + 2.
+        image_a1a2 decodes batch-parallel as the release does: item 0 = the image_a1a2 prompt (speech), item 1 =
+        the image_a1t2 prompt of the same image and audio (text)."""
         spec = task_spec(task)
         n_image = self.model.vision_encoder.n_tokens if self.model.cfg.has_vision else IMAGE_TOKENS
         T = int(example["n_audio_frames"]) if spec.audio_in else 0
@@ -90,6 +94,10 @@ class MiniOmniInference:
         prompt = image_prompt(self.tok, T, task, n_image).unsqueeze(0).to(weight.device)
         image_start, audio_start = image_spans(n_image)
         pixels = example["pixels"].unsqueeze(0).to(device=weight.device, dtype=weight.dtype)
+        if task == "image_a1a2" and batch_parallel:
+            text_prompt_ = image_prompt(self.tok, T, "image_a1t2", n_image).unsqueeze(0).to(weight.device)
+            return iter_batch_parallel(self.model, prompt, text_prompt_, mels, T, sampling, audio_start,
+                                       image_pixels=pixels, image_start=image_start, image_len=n_image)
         return MiniOmniDecoder(self.model).iter_columns(prompt, spec.audio_out, sampling, mels, audio_start, T,
                                                         image_pixels=pixels, image_start=image_start,
                                                         image_len=n_image)

@@ -42,7 +42,9 @@ def sampling_config(sampling: Any, speech: bool) -> SamplingConfig:
         raise TypeError(f"sampling must be a SamplingConfig, a dataclass or a mapping, got {type(sampling).__name__}")
     if float(sampling.get("ctc_weight", 0.0)) > 0:
         raise ValueError("sampling.ctc_weight (joint CTC/attention ASR decoding) needs a CTC head; MiniMind-O has none")
-    sampling = {k: v for k, v in sampling.items() if k != "ctc_weight"}  # Mini-Omni's option, off
+    if sampling.get("force_pad_a", False):
+        raise ValueError("sampling.force_pad_a (Mini-Omni's forced PAD_A audio fill) has no MiniMind-O meaning")
+    sampling = {k: v for k, v in sampling.items() if k not in ("ctc_weight", "force_pad_a")}  # Mini-Omni's, off
     valid = {f.name for f in fields(SamplingConfig)} - {"speech"}
     unknown = sorted(set(sampling) - valid)
     if unknown:
