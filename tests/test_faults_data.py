@@ -369,3 +369,90 @@ def test_minimind_prepare_skips_nonfinite_wav(tmp_path):
     assert [(s["id"], s["line"], s["field"]) for s in report["skipped"]] == [("nan", 2, "question_audios"),
                                                                          ("emb", 3, "spk_emb")]
     assert [r["id"] for r in pq.read_table(out / "shard-00000.parquet").to_pylist()] == ["ok"]
+
+
+# ------------------------------------------------------------------------------------ the other two families
+
+
+def _float_encoder(bad: float | None = None):
+    def encode(wav: np.ndarray, sr: int) -> bytes:
+        wav = np.array(wav, dtype=np.float32)
+        if bad is not None:
+            wav[len(wav) // 2] = bad
+        buf = io.BytesIO()
+        sf.write(buf, wav, sr, format="WAV", subtype="FLOAT")
+        return buf.getvalue()
+    return encode
+
+
+def test_streaming_bad_rows_each_named(tmp_path):
+    """Online sessions (one 1 s tone + a reply). Index time: row 2 repeats id s0 (duplicate_id), row 3's reply is
+    whitespace (blank_text), row 4's duration_s is NaN (bad_duration). Load time: row 1's audio holds a NaN
+    (nonfinite_audio), row 5 carries precomputed features with a NaN (nonfinite_features, column features), row 6
+    declares one chunk fewer than its audio has (audio_longer_than_declared, never cut). Only s0 trains."""
+    from data.streaming.builder import Turn, build_session, session_row
+    from data.streaming.datamodule import StreamingDataModule
+    from data.streaming.schema import SCHEMA as STREAM_SCHEMA
+
+    sr = 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+    s = build_session([Turn(tone, "seven", lead=np.zeros(4800, np.float32))], tail=np.zeros(9600, np.float32))
+    good = session_row("s0", s, _float_encoder())
+    dim = 4
+    feats = np.zeros(s.n_chunks * 10 * dim, dtype=np.float16)
+    feats[7] = np.nan
+    assert max(good["reply_chunk"]) < s.n_chunks - 1  # row 6 keeps a valid reply chunk
+    rows = [good, session_row("s1", s, _float_encoder(np.nan)), {**good},
+            {**good, "id": "s3", "reply_text": ["   "]}, {**good, "id": "s4", "duration_s": float("nan")},
+            {**good, "id": "s5", "audio": None, "features": feats.tolist(), "feature_dim": dim},
+            {**good, "id": "s6", "n_chunks": s.n_chunks - 1}]
+    path = tmp_path / "d" / "s.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=STREAM_SCHEMA), path)
+    tokenizer = Path(__file__).resolve().parents[1] / "omni" / "assets" / "tiny_tokenizer"
+    dm = StreamingDataModule(train=str(path.parent), tokens={"after_vocab": 512}, tokenizer_path=str(tokenizer),
+                             tasks={"online": 1.0}, max_tokens=4096, max_len=2048)
+    dm.setup("fit")
+    assert {(s.row, s.id, s.column, s.reason) for s in dm.indexes["train"].skipped} == {
+        (2, "s0", "id", "duplicate_id"), (3, "s3", "reply_text", "blank_text"),
+        (4, "s4", "duration_s", "bad_duration")}
+    batches = list(dm.train_dataloader())
+    assert sorted((x["row"], x["id"], x["column"], x["reason"]) for b in batches for x in b["skipped"]) == [
+        (1, "s1", "audio", "nonfinite_audio"), (5, "s5", "features", "nonfinite_features"),
+        (6, "s6", "audio", "audio_longer_than_declared")]
+    assert [i for b in batches for i in b["ids"]] == ["s0"]
+
+
+def test_minimind_nonfinite_question_audio_and_duplicate_ids(tmp_path):
+    """MiniMind-O rows (our `id` column): row 0 t2a good; row 1 a2a whose question clip holds a NaN
+    (nonfinite_audio at load: the index reads only the header); row 2 repeats id m0 (duplicate_id); row 3's target
+    assistant turn is whitespace (blank_text)."""
+    from data.minimind_o.datamodule import MiniMindODataModule
+    from data.minimind_o.schema import WRITE_SCHEMA
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF, ROOT
+
+    node = OmegaConf.load(CONF / "model" / "minimind_o_tiny.yaml").model.cfg
+    cfg = OmegaConf.to_container(node)
+    conv = lambda a="two": json.dumps([{"role": "user", "content": "one plus one"},  # noqa: E731
+                                       {"role": "assistant", "content": a}])
+    codes = list(range(8)) * 3
+    good = {"id": "m0", "conversations": conv(), "answer_audios": [codes], "ref_audios": None, "spk_emb": None,
+            "question_audios": None, "image_bytes": None}
+    rows = [good, {**good, "id": "m1", "question_audios": [float_wav(0.5, np.nan)]}, {**good},
+            {**good, "id": "m3", "conversations": conv(" \n ")}]
+    path = tmp_path / "d" / "sft.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=WRITE_SCHEMA), path)
+    dm = MiniMindODataModule(train=str(path.parent), tokens=cfg["tokens"],
+                             tokenizer_path=str(ROOT / "omni" / "minimind_o" / "assets" / "tiny_tokenizer"),
+                             audio_encoder=cfg["audio_encoder"], vision_encoder=cfg["vision_encoder"],
+                             spk_dim=cfg["spk_dim"], tasks={"t2a": 1.0, "a2a": 1.0}, max_tokens=4096, max_len=512)
+    dm.setup("fit")
+    assert {(s.row, s.id, s.column, s.reason) for s in dm.indexes["train"].skipped} == {
+        (2, "m0", "id", "duplicate_id"), (3, "m3", "conversations", "blank_text")}
+    batches = list(dm.train_dataloader())
+    assert [(x["row"], x["id"], x["column"], x["reason"]) for b in batches for x in b["skipped"]] == [
+        (1, "m1", "question_audios", "nonfinite_audio")]
+    assert [i for b in batches for i in b["ids"]] == ["m0"]
