@@ -311,3 +311,57 @@ def test_image_a1a2_decodes_batch_parallel_text_from_the_image_a1t2_item(vision_
     for i in range(7):
         assert m.row_logits(h0, i).argmax(-1).tolist() == grid[i].tolist()  # speech from item 0
     assert m.row_logits(h0, 7).argmax(-1).tolist() != grid[7].tolist()  # item 0's own text would differ here
+
+
+# OpenAI CLIP normalisation (the released preprocess: ToTensor, Normalize(mean, std))
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_clip_centre_crop_offsets_are_rounded_not_floored():
+    """Spec pin (2026-12): centre crop at round((H - 224) / 2). A 224 x 227 (W x H) image needs no resize (short
+    side 224); its overhang 3 gives top = round(1.5) = 2 (floor would give 1), left = 0. Row r holds R = r,
+    G = 255 - r, B = column, so output pixel (j, c) must be ((j + 2, 255 - j - 2, c) / 255 - mean) / std."""
+    import numpy as np
+    from PIL import Image
+
+    H, W = 227, 224
+    r = np.arange(H)[:, None].repeat(W, 1)
+    c = np.arange(W)[None, :].repeat(H, 0)
+    img = Image.fromarray(np.stack([r, 255 - r, c], -1).astype(np.uint8))
+    got = load_pixels(_png(img), image_processor("clip", image_size=224))
+    assert got.shape == (3, 224, 224)
+    j = torch.arange(224, dtype=torch.float64)[:, None].expand(224, 224)
+    col = torch.arange(224, dtype=torch.float64)[None, :].expand(224, 224)
+    for top, ok in ((2, True), (1, False)):  # rounded offset; the floored one is the negative control
+        raw = torch.stack([j + top, 255 - j - top, col]) / 255
+        expect = (raw - torch.tensor(CLIP_MEAN, dtype=torch.float64)[:, None, None]) \
+            / torch.tensor(CLIP_STD, dtype=torch.float64)[:, None, None]
+        assert torch.allclose(got.double(), expect, atol=1e-5) is ok
+
+
+def test_clip_resize_short_side_bicubic_then_rounded_crop():
+    """300 x 310 (W x H): short side 300 -> 224, long side int(224 * 310 / 300) = 231 (PIL bicubic, as torchvision's
+    Resize on PIL images), then rows round(7 / 2) = 4 .. 227 (floor: 3 .. 226) and columns 0 .. 223."""
+    import numpy as np
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    img = Image.fromarray(g.integers(0, 256, (310, 300, 3), dtype=np.uint8))
+    got = load_pixels(_png(img), image_processor("clip", image_size=224))
+    resized = np.asarray(img.resize((224, 231), Image.Resampling.BICUBIC), dtype=np.float64) / 255  # (231, 224, 3)
+    mean, std = np.array(CLIP_MEAN), np.array(CLIP_STD)
+    for top, ok in ((4, True), (3, False)):
+        expect = torch.from_numpy(((resized[top: top + 224] - mean) / std).transpose(2, 0, 1))
+        assert torch.allclose(got.double(), expect, atol=1e-5) is ok
+    bilinear = np.asarray(img.resize((224, 231), Image.Resampling.BILINEAR), dtype=np.float64) / 255
+    assert not torch.allclose(got.double(), torch.from_numpy(((bilinear[4:228] - mean) / std).transpose(2, 0, 1)),
+                              atol=1e-5)  # the interpolation matters too

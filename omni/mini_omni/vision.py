@@ -61,13 +61,37 @@ class VisionTower(nn.Module):
         return self.model(pixel_values=pixels).last_hidden_state  # (B_i, N, hidden)
 
 
+_ROUND_CROP_CLIP = None
+
+
+def released_clip_processor_class():
+    """CLIPImageProcessorPil whose centre crop takes the released (torchvision CenterCrop) offsets
+    `round((H - crop) / 2)`, `round((W - crop) / 2)` (Python round), where Hugging Face floors them: after the
+    bicubic short-side-224 resize an odd overhang of 3, 7, 11... rows would otherwise crop one row off (spec pin
+    2026-12). Resize (short side -> 224, long side int(224 * long / short), PIL bicubic) is already the released one."""
+    global _ROUND_CROP_CLIP
+    if _ROUND_CROP_CLIP is None:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        class ReleasedCLIPImageProcessor(CLIPImageProcessorPil):
+            def center_crop(self, image, size, **kwargs):
+                height, width = image.shape[-2:]  # the PIL backend works channels-first
+                if size.height is None or size.width is None or size.height > height or size.width > width:
+                    return super().center_crop(image, size, **kwargs)  # (padding case: never after the resize)
+                top, left = int(round((height - size.height) / 2)), int(round((width - size.width) / 2))
+                return image[..., top: top + size.height, left: left + size.width]
+
+        _ROUND_CROP_CLIP = ReleasedCLIPImageProcessor
+    return _ROUND_CROP_CLIP
+
+
 def image_processor(arch: str, path: str | None = None, image_size: int = 224):
     """The Pillow (no torchvision) processor of `arch`: from the tower's local folder when given, else the
-    architecture's defaults at `image_size` (CLIP: resize shortest edge + centre crop; SigLIP: resize)."""
+    architecture's defaults at `image_size` (CLIP: bicubic resize of the shortest edge + centre crop with the
+    released rounded offsets, `released_clip_processor_class`; SigLIP: resize)."""
     check_arch(arch)
     if arch == "clip":
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Processor
-
+        Processor = released_clip_processor_class()
         kwargs = {"size": {"shortest_edge": image_size}, "crop_size": {"height": image_size, "width": image_size}}
     else:
         from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as Processor
