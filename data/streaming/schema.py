@@ -5,10 +5,12 @@
 | id            | string                  | unique row id                                                           |
 | mode          | string                  | "online" (a streaming session) or "offline" (one turn)                  |
 | audio         | binary, nullable        | encoded audio file bytes (wav/flac/ogg), any rate / channels            |
-| features      | list<float16>, nullable | precomputed tower frames, n_chunks * 10 * feature_dim, chunk-major      |
+| features      | list<float16>, nullable | precomputed tower frames: online n_chunks * 10 * feature_dim (chunk-    |
+|               |                         | major); offline clip_frames(duration_s) * feature_dim (one whole-clip   |
+|               |                         | tower call, omni.mini_omni3.encoder.clip_frames: 57 for 2.3 s)          |
 | feature_dim   | int32                   | width of `features` (0 when absent)                                     |
 | n_chunks      | int32                   | 0.4 s chunks of the audio zero-padded to a multiple of 6400 samples     |
-| duration_s    | float32                 | audio duration in seconds                                               |
+| duration_s    | float32                 | audio duration in seconds (offline: sets the AUDIO_PAD count, checked)  |
 | reply_chunk   | list<int32>, nullable   | online: chunk index of each reply (ascending, distinct); offline: null  |
 | reply_text    | list<string>, nullable  | online: the replies (may be empty: nothing needs an answer); offline:   |
 |               |                         | exactly one answer                                                      |
