@@ -1,7 +1,8 @@
 """Import of a released Mini-Omni3 folder, proved on tiny random weights: litgpt safetensors shards + index,
 model_config.yaml, tower .pth + nested audio config. Logits are compared with an independent float64
 re-implementation of the litgpt Qwen2 forward written here from the specs (fused `attn.attn` grouped per KV
-group, fused `attn.qkv` as [all q | all k | all v] blocks, RMSNorm, rotate-half RoPE, SwiGLU), with the chunk frames of the Hugging Face audio tower in place of the PADs."""
+group, fused `attn.qkv` as [all q | all k | all v] blocks, RMSNorm, rotate-half RoPE, SwiGLU), with the chunk
+frames of the Hugging Face audio tower in place of the PADs."""
 from __future__ import annotations
 
 import json

@@ -71,7 +71,8 @@ def random_litgpt(seed: int = 0) -> dict[str, torch.Tensor]:
         p = f"transformer.h.{i}."
         sd.update({p + "norm_1.weight": 1 + 0.2 * torch.randn(N_EMBD, generator=g),
                    p + "norm_2.weight": 1 + 0.2 * torch.randn(N_EMBD, generator=g),
-                   p + "attn.qkv.weight": 2 * lin(rows, N_EMBD), p + "attn.qkv.bias": 0.5 * torch.randn(rows, generator=g),
+                   p + "attn.qkv.weight": 2 * lin(rows, N_EMBD),
+                   p + "attn.qkv.bias": 0.5 * torch.randn(rows, generator=g),
                    p + "attn.proj.weight": lin(N_EMBD, N_HEAD * HEAD), p + "mlp.fc_1.weight": lin(MLP, N_EMBD),
                    p + "mlp.fc_2.weight": lin(MLP, N_EMBD), p + "mlp.proj.weight": lin(N_EMBD, MLP)})
     return sd

@@ -54,7 +54,8 @@ def test_reply_on_chunk_floor_whole_frames_over_10():
     # the crop decides: lead 100 + clip 6350 -> cropped 5760 (9 frames) -> end 5860, F = 9 -> chunk 0
     # (without the crop: end 6450, F = 10 -> chunk 1)
     cropped = build_session([Turn(tone(6350 / SR), "y", lead=silence(100 / SR))])
-    assert cropped.replies[0][0] == 0 and len(cropped.audio) == 6400 and cropped.turn_end_s[0] == pytest.approx(5860 / SR, abs=1e-4)
+    assert cropped.replies[0][0] == 0 and len(cropped.audio) == 6400
+    assert cropped.turn_end_s[0] == pytest.approx(5860 / SR, abs=1e-4)
     # a reply past the audio extends the session with silence: clip 6400 (10 frames) -> F = 10 -> chunk 1
     past = build_session([Turn(tone(0.4), "z")])
     assert past.replies[0][0] == 1 and past.n_chunks == 2 and len(past.audio) == 2 * 6400

@@ -2,8 +2,9 @@
 
 Each row's audio -> log-mel -> the frozen audio tower -> `features` (float16) and `feature_dim`: online rows one
 whole-stream log-mel sliced per chunk, one tower audio per chunk (n_chunks * 10 * E); offline rows one whole-clip
-log-mel (<= 20 s) and ONE tower call (clip_frames * E, as the release); the other columns are copied (audio too unless --drop-audio). Training then skips the tower: the
-collator passes `audio_features` and the model only applies its projection (if any). Features belong to the tower
+log-mel (<= 20 s) and ONE tower call (clip_frames * E, as the release); the other columns are copied (audio
+too unless --drop-audio). Training then skips the tower: the collator passes `audio_features` /
+`clip_features` and the model only applies its projection (if any). Features belong to the tower
 that made them: recompute after changing or training the tower.
 
     python -m data.streaming.features --model-config conf/model/mini_omni3.yaml \

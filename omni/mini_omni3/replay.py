@@ -5,7 +5,8 @@ listen/speak decision and to the end of any reply. Real-time factor = total proc
 (< 1: faster than real time; audio is not throttled to the wall clock, the factor says how much headroom there
 is). A chunk's decision also waits for `mel_lookahead_ms` (2.5 ms) of the next chunk's audio, which its last
 log-mel frame reads (whole-stream framing, omni/mini_omni3/encoder.py): latency from a chunk's end to its decision
-= mel_lookahead_ms + decision_latency_ms. `python eval.py mode=session ckpt=<streaming ckpt> wav=<file>` writes session.json (see conf/eval.yaml).
+= mel_lookahead_ms + decision_latency_ms.
+`python eval.py mode=session ckpt=<streaming ckpt> wav=<file>` writes session.json (see conf/eval.yaml).
 """
 from __future__ import annotations
 
