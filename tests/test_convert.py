@@ -113,10 +113,14 @@ def ref_swiglu(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
 
 
 def ref_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, feats: torch.Tensor | None = None,
-                audio_at: int = 1, image: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                audio_at: int = 1, image: torch.Tensor | None = None, yaml_cfg: dict | None = None,
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """ids (8, L) GLOBAL ids, rows 0..6 audio, 7 text; feats (T, E) encoder features injected at positions
     audio_at..audio_at+T-1 of the 7 audio rows (1 for audio prompts, 52 for Mini-Omni2 image QA); image (50, C) CLIP
-    features at 1..50 through vision_adapter. Returns (xa: 7 x (L, 4160), xt: (L, 576)) like litgpt GPT.forward."""
+    features at 1..50 through vision_adapter; yaml_cfg: the model_config.yaml keys (norm_eps, rope_base; default
+    LIT_YAML). Returns (xa: 7 x (L, 4160), xt: (L, 576)) like litgpt GPT.forward."""
+    yaml_cfg = LIT_YAML if yaml_cfg is None else yaml_cfg
+    eps, rope_base = float(yaml_cfg["norm_eps"]), float(yaml_cfg["rope_base"])
     sd = {k: v.double() for k, v in sd.items()}
     emb = sd["transformer.wte.weight"][ids]  # (8, L, D)
     if image is not None:
@@ -129,19 +133,19 @@ def ref_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, feats: torch.Ten
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     for i in range(N_LAYER):
         p = f"transformer.h.{i}."
-        h = ref_rms(x, sd[p + "norm_1.weight"], LIT_YAML["norm_eps"])
+        h = ref_rms(x, sd[p + "norm_1.weight"], eps)
         qkv = (h @ sd[p + "attn.attn.weight"].T + sd[p + "attn.attn.bias"]).view(L, N_GROUPS, q_per_kv + 2, HEAD)
         q = qkv[:, :, :q_per_kv].reshape(L, N_HEAD, HEAD).transpose(0, 1)  # head n = group n // q_per_kv
         k = qkv[:, :, q_per_kv].transpose(0, 1)  # (G, L, S)
         v = qkv[:, :, q_per_kv + 1].transpose(0, 1)
-        q, k = ref_rope(q, ROPE_BASE), ref_rope(k, ROPE_BASE)
+        q, k = ref_rope(q, rope_base), ref_rope(k, rope_base)
         group = torch.arange(N_HEAD) // q_per_kv
         att = (q @ k[group].transpose(1, 2)) / math.sqrt(HEAD)  # (H, L, L)
         att = att.masked_fill(~causal, float("-inf")).softmax(-1)
         y = (att @ v[group]).transpose(0, 1).reshape(L, N_HEAD * HEAD)
         x = x + y @ sd[p + "attn.proj.weight"].T
-        x = x + ref_swiglu(ref_rms(x, sd[p + "norm_2.weight"], LIT_YAML["norm_eps"]), sd, p + "mlp.")
-    logits = ref_rms(x, sd["transformer.ln_f.weight"], LIT_YAML["norm_eps"]) @ sd["lm_head.weight"].T
+        x = x + ref_swiglu(ref_rms(x, sd[p + "norm_2.weight"], eps), sd, p + "mlp.")
+    logits = ref_rms(x, sd["transformer.ln_f.weight"], eps) @ sd["lm_head.weight"].T
     xa = [logits[:, TEXT_PADDED + AUDIO_PADDED * i: TEXT_PADDED + AUDIO_PADDED * (i + 1)] for i in range(7)]
     return xa, logits[:, :TEXT_PADDED]
 

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -447,13 +448,18 @@ def _torch_load_safe(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def read_litgpt_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint folder: lit_model.pth, else model.safetensors, else a sharded safetensors index."""
+def read_litgpt_weights(folder: str | Path, weights: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint folder: lit_model.pth, else model.safetensors, else a sharded safetensors index;
+    `weights`: that one file of the folder instead (a .safetensors file, or a torch file read weights-only)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
-    if (folder / LIT_WEIGHTS).is_file():
+    if weights is not None:
+        weights = Path(weights)
+        state = load_file(str(weights)) if weights.suffix == ".safetensors" else _torch_load_safe(weights)
+        folder = weights
+    elif (folder / LIT_WEIGHTS).is_file():
         state = _torch_load_safe(folder / LIT_WEIGHTS)
     elif (folder / "model.safetensors").is_file():
         state = load_file(str(folder / "model.safetensors"))
@@ -490,17 +496,18 @@ def _copy_tokenizer(src: str | None, dst: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 # public API: litgpt
 # ---------------------------------------------------------------------------------------------------------------
-def import_litgpt(folder: str | Path, base: MiniOmniConfig | None = None, *, skip_vision: bool = False
-                  ) -> tuple[MiniOmniConfig, dict[str, torch.Tensor]]:
+def import_litgpt(folder: str | Path, base: MiniOmniConfig | None = None, *, skip_vision: bool = False,
+                  weights: str | Path | None = None) -> tuple[MiniOmniConfig, dict[str, torch.Tensor]]:
     """Read a released litgpt Mini-Omni folder -> (MiniOmniConfig, our state dict without audio_encoder.*).
 
     The config's backbone / vocabulary / adapter come from model_config.yaml; whisper settings, whisper_path and
     loss weights from `base` (whisper-small without one); tokenizer_path is the folder when it holds tokenizer files.
+    `weights`: one weights file of the folder (e.g. its lit_model.pth) instead of the folder's default choice.
     Tensors keep their stored dtype.
     """
     folder = Path(folder)
     lc = read_litgpt_config(folder)
-    state = read_litgpt_weights(folder)
+    state = read_litgpt_weights(folder, weights)
     vision = not skip_vision and any(k.startswith("vision_adapter.") for k in state)
     cfg = omni_config_from_litgpt(lc, base, tokenizer_path=_tokenizer_dir(folder), vision=vision)
     return cfg, litgpt_to_omni(state, lc, skip_vision)
@@ -523,11 +530,109 @@ def load_omni_state(model: MiniOmni, state: dict[str, torch.Tensor], source: str
     model.load_state_dict(state, strict=False)
 
 
-def load_litgpt_into(model: MiniOmni, folder: str | Path, *, skip_vision: bool = False) -> MiniOmniConfig:
-    """Load a litgpt folder's weights into an existing model (all but audio_encoder.*, which it does not hold).
-    Returns the imported config; raises if the folder's architecture differs from the model's."""
-    cfg, state = import_litgpt(folder, model.cfg, skip_vision=skip_vision)
-    load_omni_state(model, state, str(folder))
+# ---------------------------------------------------------------------------------------------------------------
+# what a checkpoint says about itself vs the model it is loaded into
+# ---------------------------------------------------------------------------------------------------------------
+# compared keys whose mismatch changes nothing a short sequence computes: logged, not fatal
+_INFO_ONLY = ("block_size",)
+
+
+def model_arch_facts(model: MiniOmni) -> dict[str, tuple[Any, str]]:
+    """{litgpt key: (value, where the model config holds it)} for every architecture fact a litgpt
+    model_config.yaml states (plus rope_type / sliding_window, which the litgpt format fixes)."""
+    cfg, bc, tok = model.cfg, model.backbone.config, model.tokens
+    rope = dict(getattr(bc, "rope_parameters", None) or {})
+    hidden, heads = int(bc.hidden_size), int(bc.num_attention_heads)
+    b = "model.cfg.backbone."
+    facts: dict[str, tuple[Any, str]] = {
+        "n_layer": (int(bc.num_hidden_layers), b + "num_hidden_layers"),
+        "n_head": (heads, b + "num_attention_heads"),
+        "n_query_groups": (int(bc.num_key_value_heads), b + "num_key_value_heads"),
+        "n_embd": (hidden, b + "hidden_size"),
+        "head_size": (int(getattr(bc, "head_dim", None) or hidden // heads), b + "head_dim"),
+        "intermediate_size": (int(bc.intermediate_size), b + "intermediate_size"),
+        "norm_eps": (float(bc.rms_norm_eps), b + "rms_norm_eps"),
+        "rope_base": (float(rope.get("rope_theta", getattr(bc, "rope_theta", 10000.0))),
+                      b + "rope_parameters.rope_theta"),
+        "rope_type": (str(rope.get("rope_type", "default")), b + "rope_parameters.rope_type"),
+        "sliding_window": (bool(getattr(bc, "use_sliding_window", False)), b + "use_sliding_window"),
+        "tie_word_embeddings": (bool(getattr(bc, "tie_word_embeddings", False)), b + "tie_word_embeddings"),
+        "block_size": (int(bc.max_position_embeddings), b + "max_position_embeddings"),
+        "text_vocab_size": (tok.text_padded, "model.cfg.tokens.text_vocab + text_specials"),
+        "audio_vocab_size": (tok.audio_padded, "model.cfg.tokens.codebook_size + audio_specials"),
+        "padded_vocab_size": (tok.total_vocab, "model.cfg.tokens (text + n_audio_layers x audio)"),
+        "whisper_adapter_dim": (int(model.audio_encoder.config.d_model), "model.cfg.whisper.d_model"),
+        "asr_adapter": ("llamamlp" if cfg.adapter == "swiglu" else "mlp", "model.cfg.adapter"),
+    }
+    if cfg.adapter == "swiglu":
+        facts["intermediate_size (whisper_adapter width)"] = (int(cfg.adapter_hidden), "model.cfg.adapter_hidden")
+    if cfg.has_vision:
+        facts["vision_adapter_dim"] = (int(model.vision_encoder.feature_dim), "model.cfg.vision (tower feature width)")
+        facts["intermediate_size (vision_adapter width)"] = (int(cfg.vision_adapter_hidden),
+                                                             "model.cfg.vision_adapter_hidden")
+    else:
+        facts["vision_adapter_dim"] = (None, "model.cfg.vision (no vision tower)")
+    return facts
+
+
+def litgpt_arch_facts(lc: LitGPTConfig) -> dict[str, Any]:
+    """The same facts as `model_arch_facts`, as a litgpt model_config.yaml states them."""
+    facts: dict[str, Any] = dict(
+        n_layer=lc.n_layer, n_head=lc.n_head, n_query_groups=lc.n_query_groups, n_embd=lc.n_embd,
+        head_size=lc.head_size, intermediate_size=lc.intermediate_size, norm_eps=lc.norm_eps,
+        rope_base=lc.rope_base, rope_type="default", sliding_window=False,
+        tie_word_embeddings=lc.tie_word_embeddings, block_size=lc.block_size, text_vocab_size=lc.text_vocab_size,
+        audio_vocab_size=lc.audio_vocab_size, padded_vocab_size=lc.padded_vocab_size,
+        whisper_adapter_dim=lc.whisper_adapter_dim, asr_adapter=lc.asr_adapter,
+    )
+    if lc.asr_adapter == "llamamlp":
+        facts["intermediate_size (whisper_adapter width)"] = lc.intermediate_size
+    if lc.has_vision:  # the yaml names a vision adapter (without the key, the weights decide: load_omni_state)
+        facts["vision_adapter_dim"] = lc.vision_adapter_dim
+        facts["intermediate_size (vision_adapter width)"] = lc.intermediate_size
+    return facts
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def check_arch_facts(theirs: dict[str, Any], model: MiniOmni, source: str) -> None:
+    """Raise ValueError naming every key on which the checkpoint's own config (`theirs`) and the model's config
+    disagree, with both values; keys in _INFO_ONLY are only logged. Keys the checkpoint does not state are skipped."""
+    ours = model_arch_facts(model)
+    bad = []
+    for key, value in theirs.items():
+        if key not in ours:
+            continue
+        mine, where = ours[key]
+        if _same(value, mine):
+            continue
+        line = f"{key}: checkpoint {value!r}, model {mine!r} ({where})"
+        if key in _INFO_ONLY:
+            log.info("%s: %s (does not change the weights' meaning)", source, line)
+        else:
+            bad.append(line)
+    if bad:
+        raise ValueError(f"{source} describes another architecture than the model config; fix the model config "
+                         "(or pick the matching conf/model) - " + "; ".join(bad))
+
+
+def load_litgpt_into(model: MiniOmni, folder: str | Path, *, skip_vision: bool = False,
+                     weights: str | Path | None = None) -> MiniOmniConfig:
+    """Load a litgpt folder's weights into an existing model (all but audio_encoder.*, which it does not hold),
+    through the converter CLI's import (`import_litgpt`). First the folder's model_config.yaml is compared key by
+    key with the model's config (layers, heads, KV groups, widths, norm eps, rope base, vocabulary, adapters): a
+    mismatch raises naming the key and both values, before any tensor is read. Returns the imported config."""
+    folder = Path(folder)
+    facts = litgpt_arch_facts(read_litgpt_config(folder))
+    if skip_vision:
+        facts = {k: v for k, v in facts.items() if "vision" not in k}
+    check_arch_facts(facts, model, str(folder / LIT_CONFIG))
+    cfg, state = import_litgpt(folder, model.cfg, skip_vision=skip_vision, weights=weights)
+    load_omni_state(model, state, str(weights or folder))
     return cfg
 
 
@@ -642,16 +747,29 @@ def base_config_from_yaml(path: str | Path) -> MiniOmniConfig:
 
 
 def init_from(model: MiniOmni, path: str | Path) -> bool:
-    """`init_from=` for Mini-Omni: a released litgpt folder (`model_config.yaml` + `lit_model.pth`) or our Hugging
-    Face export (`omni_config.json`). Folders keep the model's own audio encoder (released folders hold no Whisper).
-    False for anything else (a Lightning checkpoint or state-dict file)."""
+    """`init_from=` for Mini-Omni: a released litgpt folder (`model_config.yaml` + `lit_model.pth` / safetensors),
+    one weights file of such a folder (e.g. `.../lit_model.pth`, its model_config.yaml beside it), or our Hugging
+    Face export (`omni_config.json`), all through the converter CLI's readers. The checkpoint's own config is
+    compared with the model's first (a mismatch raises naming the key and both values). Folders keep the model's
+    own audio encoder (released folders hold no Whisper). False for anything else (a Lightning checkpoint or
+    state-dict file of our own names)."""
     path = Path(path)
+    if path.is_file():
+        if path.suffix != ".ckpt" and (path.parent / LIT_CONFIG).is_file():
+            load_litgpt_into(model, path.parent, weights=path)
+            return True
+        if path.name == LIT_WEIGHTS:
+            raise ValueError(f"{path}: a litgpt weights file needs its {LIT_CONFIG} beside it (the released folder "
+                             "holds both); pass the folder, or copy the yaml next to the file")
+        return False
     if not path.is_dir():
         return False
-    if (path / "model_config.yaml").exists():
+    if (path / LIT_CONFIG).exists():
         load_litgpt_into(model, path)
-    elif (path / "omni_config.json").exists():
-        state = load_hf(path).state_dict()
+    elif (path / HF_CONFIG).exists():
+        other = load_hf(path)
+        check_arch_facts({k: v for k, (v, _) in model_arch_facts(other).items()}, model, str(path / HF_CONFIG))
+        state = other.state_dict()
         load_omni_state(model, {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, str(path))
     else:
         raise ValueError(f"{path}: not a Mini-Omni checkpoint folder (expected model_config.yaml + lit_model.pth, "
