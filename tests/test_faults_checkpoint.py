@@ -51,15 +51,16 @@ def _open_payload(marker: Path) -> dict:
     return {"_target_": "builtins.open", "file": str(marker), "mode": "w"}  # creates the marker file if it runs
 
 
-def _system_payload(marker: Path) -> dict:
-    return {"_target_": "os.system", "_args_": [f"touch {marker}"]}
+def _touch_payload(marker: Path) -> dict:
+    """A chain Hydra 1.3's own blocklist (os.system, subprocess.*, ...) lets through: Path.touch(Path(marker))."""
+    return {"_target_": "pathlib.Path.touch", "_args_": [{"_target_": "pathlib.Path", "_args_": [str(marker)]}]}
 
 
 PLACEMENTS = {
     # the whole model section replaced (the old code instantiated it directly)
     "model": lambda run, marker: run.__setitem__("model", _open_payload(marker)),
     # a nested node inside the genuine model config (hydra instantiates nested `_target_`s recursively)
-    "model.cfg.backbone": lambda run, marker: run["model"]["cfg"].__setitem__("backbone", _system_payload(marker)),
+    "model.cfg.backbone": lambda run, marker: run["model"]["cfg"].__setitem__("backbone", _touch_payload(marker)),
     # the data section (eval / scoring rebuild the DataModule from it after the model)
     "data.tokens": lambda run, marker: run["data"].__setitem__("tokens", _open_payload(marker)),
 }
@@ -147,11 +148,16 @@ def test_payload_in_stored_config_is_refused_by_every_entry_point(entry, payload
     from omni.families import StoredConfigError
 
     ckpt, marker = payload
-    with pytest.raises(StoredConfigError) as err:
+    try:
         ENTRY_POINTS[entry](ckpt, tmp_path)
-    msg = str(err.value)
+        err = None
+    except Exception as e:  # noqa: BLE001 - checked just below, after the marker
+        err = e
+    assert not marker.exists(), f"the payload ran ({err!r})"
+    assert isinstance(err, StoredConfigError), repr(err)
+    msg = str(err)
     assert str(ckpt) in msg and "refused" in msg, msg
-    assert ("builtins.open" in msg or "os.system" in msg), msg  # names the refused target
+    assert ("builtins.open" in msg or "pathlib.Path.touch" in msg), msg  # names the refused target
     assert not marker.exists(), "the payload ran"
     assert not (tmp_path / "out").exists(), "a converter wrote output from a refused checkpoint"
 
@@ -162,7 +168,7 @@ def test_eval_cli_refuses_payload_and_runs_nothing(genuine, tmp_path):
     state, run_cfg = genuine
     run_cfg = copy.deepcopy(run_cfg)
     marker = tmp_path / "PAYLOAD_RAN"
-    run_cfg["model"] = _system_payload(marker)
+    run_cfg["model"] = _touch_payload(marker)
     ckpt = tmp_path / "payload.ckpt"
     torch.save({"state_dict": state, "omni_config": run_cfg}, ckpt)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -170,7 +176,7 @@ def test_eval_cli_refuses_payload_and_runs_nothing(genuine, tmp_path):
                            "speech=null", "tasks=[asr]"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0
-    assert "os.system" in proc.stderr and "refused" in proc.stderr, proc.stderr[-2000:]
+    assert "pathlib.Path.touch" in proc.stderr and "refused" in proc.stderr, proc.stderr[-2000:]
     assert not marker.exists(), "the payload ran"
 
 
