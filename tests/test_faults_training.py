@@ -120,6 +120,17 @@ def test_nonfinite_gradient_skips_the_whole_accumulation_window(tmp_path, caplog
     assert str(record(run)["ids"][0] + record(run)["ids"][1]) in warning  # both micro-batches of the window
 
 
+def test_update_that_overflows_the_weights_stops_before_any_checkpoint(tmp_path):
+    """Finite gradients, but AdamW's decoupled decay multiplies the weights by 1 - lr * wd = 1 - 1e-3 * 1e45 (-inf in
+    float32) at step 0: the run stops naming step 0 and its rows; no checkpoint is written."""
+    from omni.stages.module import NonFiniteTrainingError
+
+    with pytest.raises(NonFiniteTrainingError, match=r"non-finite weights after the optimizer update at step 0 "
+                                                     r"\(epoch 0\), batch row ids \['train-"):
+        train(compose_cfg(FAST + ["stage.lr=1e-3", "optimizer.weight_decay=1e45"], tmp_path))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.slow
 def test_skip_counters_survive_resume_exactly(tmp_path):
     """Steps 2 and 3 are non-finite, 3 batches per epoch: an epoch boundary (checkpoint, resume) falls between
@@ -152,9 +163,9 @@ def test_exploding_run_stops_naming_step_and_rows_with_finite_checkpoints(tmp_pa
                   f"hydra.run.dir={tmp_path}")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-3000:]
-    m = re.search(r"NonFiniteTrainingError: non-finite (loss|gradient) at step (\d+) \(epoch \d\), batch row ids "
-                  r"\['(train-[^']+)'", out)
-    assert m and "3 consecutive optimizer steps skipped (max_nonfinite_steps=3)" in out, out[-3000:]
+    assert re.search(r"NonFiniteTrainingError: non-finite (loss|gradient) at step \d+ \(epoch \d\), batch row ids "
+                     r"\['train-[^']+'", out), out[-3000:]
+    assert "3 consecutive optimizer steps skipped (max_nonfinite_steps=3)" in out
     assert "optimizer step skipped (1 consecutive" in out
     ckpts = sorted((tmp_path / "checkpoints" / "multimodal").glob("*.ckpt"))
     assert ckpts, "an epoch ended before the stop: its checkpoint should be there"
@@ -183,18 +194,25 @@ def test_run_without_validation_finishes_without_metric(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_trial_with_nan_metric_is_failed_not_a_value(tmp_path):
-    # trial 0: lr 1e9 explodes (stopped, failed); trial 1: a sane lr completes; the best value is trial 1's
-    res = run_cli("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                  "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.params.data.max_tokens=choice(1200)",
-                  "hydra.sweeper.params.stage.lr=choice(1e9,1e-3)", "hydra.sweeper.sampler.seed=0",
-                  "max_nonfinite_steps=1", *FAST[:-1], f"hydra.sweep.dir={tmp_path}", timeout=600)
+def test_optuna_trial_that_diverges_is_failed_not_a_value(tmp_path):
+    """Trials draw stage.lr from {1e9, 1e-3}: every 1e9 trial fails (stopped, FAIL in the study), the sweep goes on
+    and its best value is a finite one from a 1e-3 trial."""
+    import yaml
+
+    res = run_cli("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                  "hydra.sweeper.sampler.n_startup_trials=3", "hydra.sweeper.sampler.seed=0",
+                  'hydra.sweeper.params={stage.lr:"choice(1e9,1e-3)",data.max_tokens:"choice(1200)"}',
+                  "max_nonfinite_steps=1", *FAST[:-1],
+                  f"hydra.sweep.dir={tmp_path}", timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    assert "Failed experiment" in out
-    results = (tmp_path / "optimization_results.yaml").read_text()
-    value = float(re.search(r"best_value: (\S+)", results).group(1))
-    assert math.isfinite(value), results
+    lrs = [float(next(o for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+                      if o.startswith("stage.lr=")).split("=")[1])
+           for job in sorted(p for p in tmp_path.iterdir() if p.name.isdigit())]
+    assert sorted(set(lrs)) == [1e-3, 1e9], lrs  # both kinds of trial ran (else pick another sampler seed)
+    assert out.count("Failed experiment") == out.count("Failed experiment: non-finite ") == lrs.count(1e9)
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert math.isfinite(float(results["best_value"])) and float(results["best_params"]["stage.lr"]) == 1e-3
 
 
 # -- config / output mistakes fail at start ------------------------------------------------------------------------

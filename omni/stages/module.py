@@ -192,16 +192,16 @@ class OmniModule(LightningModule):
                  batch_size=max(len(ids), 1))
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # global_step counts it only after
         # finite gradients can still overflow the weights (e.g. a huge lr times weight decay): stop before any
         # checkpoint holds them
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if params and not bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
             name = next(n for n, p in params if not bool(torch.isfinite(p).all()))
             raise NonFiniteTrainingError(
-                f"the optimizer update at step {self.trainer.global_step - 1} (epoch {epoch}) made parameter "
-                f"{name!r} non-finite (batch row ids {_some(self._update_ids)}); stopping before any checkpoint holds "
-                f"it (learning rate stage.lr={self.stage.lr} too high?)")
+                f"non-finite weights after the optimizer update at step {self.trainer.global_step} (epoch "
+                f"{epoch}), batch row ids {_some(self._update_ids)}: parameter {name!r} is no longer finite; "
+                f"stopping before any checkpoint holds it (learning rate stage.lr={self.stage.lr} too high?)")
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
