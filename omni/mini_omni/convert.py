@@ -771,9 +771,10 @@ def init_from(model: MiniOmni, path: str | Path) -> bool:
         check_arch_facts({k: v for k, (v, _) in model_arch_facts(other).items()}, model, str(path / HF_CONFIG))
         state = other.state_dict()
         load_omni_state(model, {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, str(path))
-    else:
-        raise ValueError(f"{path}: not a Mini-Omni checkpoint folder (expected model_config.yaml + lit_model.pth, "
-                         "or omni_config.json from an export)")
+    else:  # omni.checkpoint.load_model_weights then says it is no checkpoint folder this family reads
+        log.error("%s: not a Mini-Omni checkpoint folder (expected model_config.yaml + lit_model.pth, or "
+                  "omni_config.json from an export)", path)
+        return False
     return True
 
 
