@@ -124,7 +124,7 @@ def test_i2t_placeholders_image_pads_and_think_block():
     assert chat.prompt == [1, 6, 43, 2, 3, 1, 4, 12, 12, 12, 12, 44, 2, 3, 1, 5]
     think = render_chat(TOK, encode, msgs, n_image_tokens=4, keep_think=True)
     # released: the empty think block is part of the answer (text targets), not the prompt
-    assert think.prompt == chat.prompt and think.answer == [25, 7, 26, 7, 41, 2, 3]
+    assert think.prompt == chat.prompt and think.think == [25, 7, 26, 7] and think.answer == [41, 2, 3]
     with pytest.raises(ValueError, match="end with an assistant turn"):
         render_chat(TOK, encode, msgs[:2])
 

@@ -452,11 +452,20 @@ def test_kept_think_block_is_part_of_the_text_targets():
     rec = {"conversations": chat(("hi", "ok")), "answer_audios": [codes(2)]}
     think = Augment(keep_ref=1.0, system_prompt=0.0, keep_think=1.0, scheduled_sampling=0.0, random_turn=False)
     _, lay = lay_of(rec, rng=np.random.default_rng(0), augment=think)
-    s = lay.start
-    assert lay.inputs[8, :s].tolist() == turn("user", ids("hi")) + [IM_START, *ids("assistant\n")]
-    answer = [THINK, *ids("\n\n"), END_THINK, *ids("\n\n"), *ids("ok"), IM_END, *ids("\n")]
-    assert lay.targets[8, s - 1 : s - 1 + len(answer)].tolist() == answer
-    assert (lay.targets[8, : s - 1] == -100).all() and (lay.targets[8, s - 1 + len(answer):] == -100).all()
+    prompt = turn("user", ids("hi")) + [IM_START, *ids("assistant\n")]
+    block = [THINK, *ids("\n\n"), END_THINK, *ids("\n\n")]
+    answer = [*block, *ids("ok"), IM_END, *ids("\n")]
+    P = len(prompt)
+    assert lay.inputs[8, : P + len(answer)].tolist() == prompt + answer
+    # the think block is predicted (text targets from the position before `<think>`), never prompt-only
+    assert lay.targets[8, P - 1 : P - 1 + len(answer)].tolist() == answer
+    assert (lay.targets[8, : P - 1] == -100).all() and (lay.targets[8, P - 1 + len(answer):] == -100).all()
+    # the audio anchor s is after the block (spec "Let s be ..."): codebook l, frame k is the target at s + l + k
+    s = P + len(block)
+    assert lay.start == s
+    for lvl in range(K):
+        assert lay.targets[lvl, s + lvl : s + lvl + 3].tolist() == [100 * lvl, 100 * lvl + 1, 2050]
+        assert (lay.targets[lvl, : s + lvl] == -100).all()
 
 
 def test_scheduled_sampling_replaces_whole_frames_from_all_2112_ids():

@@ -157,7 +157,7 @@ class RowReader:
                                n_image_tokens=self.vision.n_tokens, keep_think=plan.keep_think,
                                image_front=plan.image_front, image_sep=plan.image_sep)
             lay = build_layout(self.tok, chat.prompt, chat.answer, plan.answer_codes, plan.ref_codes,
-                               speaker=plan.speaker_emb is not None)
+                               speaker=plan.speaker_emb is not None, think=chat.think)
             if lay.length <= self.max_len:
                 return lay
             if plan.added_system or plan.keep_think:  # augmentation extras go before any real turn

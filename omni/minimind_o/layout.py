@@ -45,11 +45,13 @@ class Layout:
 
 @dataclass
 class ChatIds:
-    """Rendered conversation: prompt ids (through `<|im_start|>assistant\\n` [+ empty think block]) and the
-    answer ids (last assistant content + `<|im_end|>` + "\\n")."""
+    """Rendered conversation: prompt ids (through `<|im_start|>assistant\\n`), the kept empty think block `think`
+    (text targets, before the audio anchor s; empty when not kept) and the answer ids (last assistant content +
+    `<|im_end|>` + "\\n")."""
 
     prompt: list[int]
     answer: list[int]
+    think: list[int] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- chat rendering
@@ -65,9 +67,10 @@ def render_chat(
     image_sep: str = "\n",
 ) -> ChatIds:
     """ChatML: each turn is `<|im_start|>{role}\\n{content}<|im_end|>\\n`; the LAST message (an assistant turn)
-    is the answer and the prompt ends with `<|im_start|>assistant\\n`. `keep_think` starts the ANSWER with the
-    empty think block `<think>\\n\\n</think>\\n\\n` (released: the block is part of the text targets, not
-    the prompt). `encode` turns plain text into ids (no specials added).
+    is the answer and the prompt ends with `<|im_start|>assistant\\n`. `keep_think` renders the empty think block
+    `<think>\\n\\n</think>\\n\\n` into `think`: released, it is part of the answer's TEXT targets, not the prompt;
+    the audio anchor s stays after it (spec "Let s be ... after the empty think block when it is kept").
+    `encode` turns plain text into ids (no specials added).
 
     A2A: only the LAST user turn is spoken (released): `audio_frames` is () for text questions or [n], and that
     turn carries n `<|audio_pad|>` ids (one per encoder frame) instead of its text; earlier user turns stay
@@ -100,8 +103,8 @@ def render_chat(
         prompt += [tok.im_start, *encode(f"{role}\n"), *content, tok.im_end, *newline]
     prompt += [tok.im_start, *encode("assistant\n")]
     think = [tok.think_start, *encode(EMPTY_THINK), tok.think_end, *encode("\n\n")] if keep_think else []
-    answer = [*think, *encode(str(messages[-1].get("content", ""))), tok.im_end, *newline]
-    return ChatIds(prompt=prompt, answer=answer)
+    answer = [*encode(str(messages[-1].get("content", ""))), tok.im_end, *newline]
+    return ChatIds(prompt=prompt, answer=answer, think=think)
 
 
 def place_image(text: str, front: bool = True, sep: str = "\n") -> str:
@@ -133,13 +136,20 @@ def build_layout(
     answer_codes: torch.Tensor | None = None,
     ref_codes: torch.Tensor | None = None,
     speaker: bool = False,
+    think: Sequence[int] = (),
 ) -> Layout:
     """prompt (P ids), answer (m ids), answer_codes (N, K) Mimi codes or None (text-only answer, e.g. I2T),
-    ref_codes (R, K) reference-voice codes or None, speaker: place the SPEAKER id -> Layout (see module doc).
+    ref_codes (R, K) reference-voice codes or None, speaker: place the SPEAKER id, think: the kept empty think
+    block (between prompt and answer; text targets, released) -> Layout (see module doc). s = P + len(think):
+    the audio delay, reference and speaker are anchored after the think block.
 
     L = max(P + m - 1, P + N + K) so every target has a position. A reference longer than the room before s
     (s, or s - 1 with a speaker) is cut from the left.
     """
+    if len(prompt) < 1:
+        raise ValueError(f"need a prompt and an answer, got P={len(prompt)}, m={len(answer)}")
+    t0 = len(prompt)  # first text target position + 1 (the think block, when kept, is a text target)
+    prompt = [*prompt, *think]
     K, s, m = tok.n_codebooks, len(prompt), len(answer)
     if s < 1 or m < 1:
         raise ValueError(f"need a prompt and an answer, got P={s}, m={m}")
@@ -150,7 +160,7 @@ def build_layout(
     grid[tok.text_row, : s + m] = torch.tensor([*prompt, *answer], dtype=torch.long)
     weights = torch.zeros((K, length), dtype=torch.float32)
     targets = torch.full((tok.n_rows, length), IGNORE, dtype=torch.long)
-    targets[tok.text_row, s - 1 : s + m - 1] = grid[tok.text_row, s : s + m]
+    targets[tok.text_row, t0 - 1 : s + m - 1] = grid[tok.text_row, t0 : s + m]
 
     room = s - int(speaker)
     ref = ref_codes[-room:] if ref_codes is not None and room > 0 else None
