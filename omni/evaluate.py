@@ -64,8 +64,12 @@ def evaluate(cfg: DictConfig) -> dict:
         from omni.mini_omni3.replay import replay_file
 
         return replay_file(cfg.ckpt, cfg.wav, OmegaConf.to_container(cfg.session), cfg.out_dir)
+    if cfg.get("mode", "split") == "demo":  # serve the checkpoint family's web page (omni/demo.py)
+        from omni.demo import serve
+
+        return serve(cfg)
     if cfg.get("mode", "split") != "split":
-        raise ValueError(f"eval mode={cfg.mode!r}; valid: ['split', 'session']")
+        raise ValueError(f"eval mode={cfg.mode!r}; valid: ['split', 'session', 'demo']")
     scorers = build_scorers(cfg.get("speech"))
     model, run_cfg = load_for_eval(cfg.ckpt)
     infer = make_inference(model, load_tokenizer(model.cfg.tokenizer_path))

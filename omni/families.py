@@ -32,6 +32,20 @@ def release_importer(model: nn.Module):
     return None
 
 
+# model class -> its family's web-demo module (`build(ctx: omni.demo.DemoContext) -> gr.Blocks`), imported lazily
+# (Gradio loads only for eval.py mode=demo)
+DEMOS = {MiniOmni: "omni.mini_omni.demo", MiniOmni3: "omni.mini_omni3.demo", MiniMindO: "omni.minimind_o.demo"}
+
+
+def demo_module(model: nn.Module):
+    import importlib
+
+    for cls, module in DEMOS.items():
+        if isinstance(model, cls):
+            return importlib.import_module(module)
+    raise TypeError(f"no web demo for {type(model).__name__}; known: {[c.__name__ for c in DEMOS]}")
+
+
 def make_inference(model: nn.Module, tokenizer: Any):
     for cls, infer in INFERENCE.items():
         if isinstance(model, cls):
