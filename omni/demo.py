@@ -247,6 +247,13 @@ def pcm16(wav: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ page helpers
+def can_stream_audio() -> bool:
+    """Gradio encodes streamed audio with ffmpeg; without it a page shows the whole answer once it is done."""
+    import shutil
+
+    return shutil.which("ffmpeg") is not None
+
+
 def guard(handler: Callable[..., Iterator[Any]], status: Any, on_error: Callable[[str], Any] | None = None
           ) -> Callable[..., Iterator[Any]]:
     """Wrap a Gradio generator handler yielding {component: value} dicts: a DemoInputError shows its message in

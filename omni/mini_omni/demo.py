@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from omni.demo import (
-    DemoContext, DemoInputError, SpokenAnswer, SpokenUpdate, first_audio_label, guard, pcm16, read_audio, read_image,
+    DemoContext, DemoInputError, SpokenAnswer, SpokenUpdate, can_stream_audio, first_audio_label, guard, pcm16,
+    read_audio, read_image,
 )
 from omni.mini_omni.generate import SamplingConfig
 from omni.mini_omni.infer import MiniOmniInference
@@ -72,7 +73,8 @@ class MiniOmniDemo:
 
         cfg = self.model.cfg
         if self._pixels is None:
-            self._pixels = image_processor(cfg.vision_arch, cfg.vision_path, int((cfg.vision or {}).get("image_size", 224)))
+            size = int((cfg.vision or {}).get("image_size", 224))
+            self._pixels = image_processor(cfg.vision_arch, cfg.vision_path, size)
         try:
             return load_pixels(image, self._pixels)
         except ValueError as exc:
@@ -103,9 +105,11 @@ def build(ctx: DemoContext) -> Any:
 
     demo = MiniOmniDemo(ctx)
     name = "Mini-Omni2" if demo.vision else "Mini-Omni"
+    streams = can_stream_audio()  # live speech needs ffmpeg (Gradio's stream encoder)
     with gr.Blocks(title=ctx.demo.title or f"{name} demo", analytics_enabled=False) as app:
+        longest = min(demo.window_s, ctx.demo.max_seconds)
         gr.Markdown(f"# {name}\nAsk a spoken question{' about an image' if demo.vision else ''}: the answer's text "
-                    f"and speech stream in as they are generated. Questions up to {min(demo.window_s, ctx.demo.max_seconds):g} s.")
+                    f"and speech stream in as they are generated. Questions up to {longest:g} s.")
         with gr.Row():
             with gr.Column():
                 question = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Spoken question",
@@ -116,7 +120,7 @@ def build(ctx: DemoContext) -> Any:
             with gr.Column():
                 text = gr.Textbox(label="Answer", lines=4, interactive=False, elem_id="answer-text")
                 live = gr.Audio(label="Speech (live)", streaming=True, autoplay=True, interactive=False,
-                                elem_id="answer-live")
+                                visible=streams, elem_id="answer-live")
                 full = gr.Audio(label="Whole answer", type="numpy", interactive=False, elem_id="answer-audio")
                 ttfa = gr.Markdown(first_audio_label(None), elem_id="ttfa")
                 status = gr.Markdown("", elem_id="status")
@@ -125,7 +129,7 @@ def build(ctx: DemoContext) -> Any:
             yield {status: "Generating…", text: "", full: None, ttfa: first_audio_label(None)}
             for u in demo.answer(audio, img if demo.vision else None):
                 out = {text: u.text, ttfa: first_audio_label(u.first_audio_s)}
-                if u.chunk is not None:
+                if u.chunk is not None and streams:
                     out[live] = (u.sample_rate, pcm16(u.chunk))
                 if u.done:
                     out[status] = u.status

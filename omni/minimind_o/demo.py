@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from omni.demo import (
-    DemoContext, DemoInputError, SpokenAnswer, SpokenUpdate, first_audio_label, guard, pcm16, read_audio,
+    DemoContext, DemoInputError, SpokenAnswer, SpokenUpdate, can_stream_audio, first_audio_label, guard, pcm16,
+    read_audio,
     session_id,
 )
 from omni.minimind_o.generate import Voice, chat_batch
@@ -159,6 +160,7 @@ def build(ctx: DemoContext) -> Any:
     import gradio as gr
 
     demo = MiniMindODemo(ctx)
+    streams = can_stream_audio()  # live speech needs ffmpeg (Gradio's stream encoder)
     with gr.Blocks(title=ctx.demo.title or "MiniMind-O demo", analytics_enabled=False) as app:
         gr.Markdown("# MiniMind-O\nChat by text or voice; the answer's speech streams in as it is generated. Clone a "
                     f"voice from a reference recording (at least {MIN_REFERENCE_S:g} s). Speak into the barge-in "
@@ -172,7 +174,7 @@ def build(ctx: DemoContext) -> Any:
                 spoken = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Or ask by voice",
                                   elem_id="question")
                 live = gr.Audio(label="Speech (live)", streaming=True, autoplay=True, interactive=False,
-                                elem_id="answer-live")
+                                visible=streams, elem_id="answer-live")
                 full = gr.Audio(label="Whole answer", type="numpy", interactive=False, elem_id="answer-audio")
                 ttfa = gr.Markdown(first_audio_label(None), elem_id="ttfa")
                 status = gr.Markdown("", elem_id="status")
@@ -189,13 +191,13 @@ def build(ctx: DemoContext) -> Any:
 
         def run(text: str, audio: Any, history: list, request: gr.Request) -> Iterator[dict]:
             sid = session_id(request)
-            shown = "🎤 (spoken question)" + (f" {text}" if text else "") if audio is not None else text
+            shown = "(spoken question)" + (f" {text}" if text else "") if audio is not None else text
             history = list(history or []) + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
             yield {status: "Generating…", full: None, ttfa: first_audio_label(None)}
             for u in demo.respond(sid, text, audio):
                 history[-1] = {"role": "assistant", "content": u.text or "…"}
                 out = {chat: history, ttfa: first_audio_label(u.first_audio_s)}
-                if u.chunk is not None:
+                if u.chunk is not None and streams:
                     out[live] = (u.sample_rate, pcm16(u.chunk))
                 if u.done:
                     out.update({status: u.status, message: "",
