@@ -287,3 +287,17 @@ def test_mini_omni3_timeline_of_a_scripted_session(tmp_path):
     # the reply text grows live: some intermediate step shows the first piece before reply_end
     partial = [rows[1][5] for rows in steps if len(rows) == 2]
     assert tok.decode([40]) in partial
+
+
+def test_serve_checks_config_then_rebuilds_through_the_allow_list(tmp_path):
+    """mode=demo loads checkpoints like eval.py (omni.evaluate.load_for_eval): a stored config naming a class
+    outside the allow-list is refused before anything is built or served; demo config mistakes fail first."""
+    from omni.demo import serve
+    from omni.families import StoredConfigError
+
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "omni_config": {"model": {"_target_": "os.system", "command": "echo hi"}}}, ckpt)
+    with pytest.raises(ValueError, match="demo.prot is not a demo setting"):
+        serve(OmegaConf.create({"ckpt": str(ckpt), "demo": {"prot": 1}}), block=False)
+    with pytest.raises(StoredConfigError, match="'os.system' is not one of the project's model classes"):
+        serve(OmegaConf.create({"ckpt": str(ckpt), "demo": {"port": 0}}), block=False)
