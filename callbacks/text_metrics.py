@@ -8,13 +8,11 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 
 from callbacks.metrics import bucketed_error_rates, error_rates
-from omni.mini_omni.generate import SamplingConfig
+from omni.families import family_of, reference_fields, sampling_config
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FIELD = {"asr": "question_text", "a1t2": "answer_text", "a1a2": "answer_text", "t1t2": "answer_text",
-                   "t1a2": "answer_text"}
-REFERENCE_FIELD.update({"t2a": "answer_text", "a2a": "answer_text", "i2t": "answer_text"})  # MiniMind-O
+REFERENCE_FIELD = reference_fields()  # task -> example field of its reference text, every family's (Family entry)
 
 
 class TextMetricsCallback(Callback):
@@ -22,19 +20,22 @@ class TextMetricsCallback(Callback):
     task in `tasks` and score the text against the reference (ASR: the transcript; QA: the answer).
     Buckets (short <= 15 words, mid 16-30, long 31-60, over_60) are logged for those that hold rows.
     `test_examples` > 0: after `trainer.test`, the first `test_examples` test rows per task give `test/cer...`.
-    `ctc_weight` > 0: ASR rows decode with the model's CTC head joined to the text decoder (omni/ctc.py)."""
+    `ctc_weight` > 0: ASR rows decode with the model's CTC head joined to the text decoder (omni/ctc.py).
+    `tasks` None: the family's default text-metric tasks (omni.families.text_metric_tasks), chosen at first use."""
 
-    def __init__(self, tasks: list[str], max_examples: int = 16, every_n_epochs: int = 1,
+    def __init__(self, tasks: list[str] | None = None, max_examples: int = 16, every_n_epochs: int = 1,
                  max_new_tokens: int = 64, test_examples: int = 0, ctc_weight: float = 0.0) -> None:
-        unknown = sorted(set(tasks) - set(REFERENCE_FIELD))
-        if unknown:
-            raise ValueError(f"text_metrics.tasks has {unknown}; valid: {sorted(REFERENCE_FIELD)}")
-        self.tasks = list(tasks)
+        if tasks is not None:
+            unknown = sorted(set(tasks) - set(REFERENCE_FIELD))
+            if unknown:
+                raise ValueError(f"text_metrics.tasks has {unknown}; valid: {sorted(REFERENCE_FIELD)}")
+        self.tasks = None if tasks is None else list(tasks)
         self.max_examples = max_examples
         self.every_n_epochs = every_n_epochs
         self.max_new_tokens = max_new_tokens
         self.test_examples = test_examples
-        self.sampling = SamplingConfig(temperature=0.0, top_k=1, max_new_tokens=max_new_tokens, ctc_weight=ctc_weight)
+        # greedy; made into the model family's sampling config at first use (omni.families.sampling_config)
+        self.sampling = {"temperature": 0.0, "top_k": 1, "max_new_tokens": max_new_tokens, "ctc_weight": ctc_weight}
         self.last: dict[str, list[dict]] = {}
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -60,14 +61,22 @@ class TextMetricsCallback(Callback):
               n: int | None = None) -> dict[str, float]:
 
         infer = pl_module.inference()
-        sampling = self.sampling
+        if self.tasks is None:
+            from omni.families import text_metric_tasks
+
+            self.tasks = [t for t in text_metric_tasks(infer) if t in REFERENCE_FIELD]
+            log.info("text metrics: the family's default tasks %s", self.tasks)
+        if not self.tasks:  # a family without text-scored tasks (Mini-Omni3)
+            return {}
+        sampling = sampling_config(infer, self.sampling)
+        reference_field = family_of(infer).reference_field
         was_training = pl_module.training
         pl_module.eval()
         refs_all, hyps_all, scores = [], [], {}
         try:
             for task in self.tasks:
                 examples = trainer.datamodule.examples(split, task, self.max_examples if n is None else n)
-                refs = [ex[REFERENCE_FIELD[task]] or "" for ex in examples]
+                refs = [ex[reference_field[task]] or "" for ex in examples]
                 hyps = [infer.answer(ex, task, sampling).text for ex in examples]
                 self.last[task] = [{"id": ex["id"], "ref": r, "hyp": h} for ex, r, h in zip(examples, refs, hyps)]
                 if examples:

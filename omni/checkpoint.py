@@ -156,13 +156,28 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     if path.is_dir():
         raise ValueError(f"init_from={path}: not a checkpoint folder this model's family reads "
                          f"({type(model).__name__})")
-    from omni.mini_omni.model import AUX_PREFIXES
+    from omni.families import aux_prefixes
 
     state = model_state_dict(read_checkpoint(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # a training-only head (e.g. the CTC head) may be on either side: it starts fresh or is dropped
-    missing, unexpected = ([k for k in keys if not k.startswith(AUX_PREFIXES)] for keys in (missing, unexpected))
+    # a training-only head of the family (e.g. Mini-Omni's CTC head) may be on either side: starts fresh / dropped
+    aux = aux_prefixes(model)
+    missing, unexpected = ([k for k in keys if not (aux and k.startswith(aux))] for keys in (missing, unexpected))
     if strict and (missing or unexpected):
         raise RuntimeError(f"{path}: checkpoint does not fit the model; missing={missing[:8]} "
                            f"unexpected={unexpected[:8]}")
     log.info("initialised model from %s (%d tensors)", path, len(state))
+
+
+def load_for_eval(ckpt_path: str | Path):
+    """-> (model in eval mode, run config dict) from a checkpoint written by train.py: the model is rebuilt from
+    the checkpoint's own stored config (allow-listed classes only, omni.families), then its weights loaded."""
+    from omni.families import model_from_stored_config
+
+    ckpt = read_checkpoint(ckpt_path)
+    run_cfg = ckpt.get("omni_config")
+    if not run_cfg:
+        raise ValueError(f"{ckpt_path}: no `omni_config` in this checkpoint; was it written by train.py?")
+    model = model_from_stored_config(run_cfg, ckpt_path)
+    model.load_state_dict(model_state_dict(ckpt))
+    return model.eval(), run_cfg

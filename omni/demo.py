@@ -318,7 +318,7 @@ def serve(cfg: Any, block: bool = True) -> Any:
     weights-only read) and serve its family's page."""
     offline_environment()
     demo = DemoConfig.from_mapping(_plain(cfg.get("demo")))  # config mistakes fail before the model loads
-    from omni.evaluate import load_for_eval
+    from omni.checkpoint import load_for_eval
     from omni.families import load_tokenizer
 
     model, _ = load_for_eval(cfg.ckpt)

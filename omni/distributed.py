@@ -5,8 +5,8 @@ from torch import nn
 
 
 def decoder_layer_classes() -> set[type[nn.Module]]:
-    """Transformer block classes FSDP wraps (and checkpoints) one by one: the backbone and encoder layers."""
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
-    from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
+    """Transformer block classes FSDP wraps (and activation checkpointing recomputes) one by one: every registered
+    family's backbone, encoder and tower blocks (`Family.wrap_layers`, omni.families)."""
+    from omni.families import wrap_layer_classes
 
-    return {Qwen2DecoderLayer, WhisperEncoderLayer}
+    return wrap_layer_classes()

@@ -18,24 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.metrics import bucketed_error_rates, error_rates
-from callbacks.text_metrics import REFERENCE_FIELD
-from omni.checkpoint import model_state_dict, read_checkpoint
+from omni.checkpoint import load_for_eval  # noqa: F401 - this module's API since eval.py's first version
 from omni.config import configure_environment
 
 log = logging.getLogger(__name__)
-
-
-def load_for_eval(ckpt_path: str):
-    """-> (model in eval mode, run config dict) from a checkpoint written by train.py."""
-    from omni.families import model_from_stored_config
-
-    ckpt = read_checkpoint(ckpt_path)
-    run_cfg = ckpt.get("omni_config")
-    if not run_cfg:
-        raise ValueError(f"{ckpt_path}: no `omni_config` in this checkpoint; was it written by train.py?")
-    model = model_from_stored_config(run_cfg, ckpt_path)  # allow-listed classes only (omni.families)
-    model.load_state_dict(model_state_dict(ckpt))
-    return model.eval(), run_cfg
 
 
 def build_datamodule(run_cfg: dict, cfg: DictConfig):
@@ -56,20 +42,19 @@ def evaluate(cfg: DictConfig) -> dict:
     from callbacks.speech.report import write_report
     from callbacks.speech.sample import split_speakers
     from callbacks.speech.scoring import score_speech
-    from omni.families import eval_tasks, load_tokenizer, make_inference
-    from omni.mini_omni.generate import SamplingConfig
+    from omni.families import eval_mode, eval_modes, eval_tasks, family_of, load_tokenizer, make_inference
+    from omni.families import sampling_config
 
     configure_environment()
-    if cfg.get("mode", "split") == "session":  # Mini-Omni3: replay `wav` through a streaming session
-        from omni.mini_omni3.replay import replay_file
-
-        return replay_file(cfg.ckpt, cfg.wav, OmegaConf.to_container(cfg.session), cfg.out_dir)
-    if cfg.get("mode", "split") == "demo":  # serve the checkpoint family's web page (omni/demo.py)
+    mode = cfg.get("mode", "split")
+    if eval_mode(mode) is not None:  # a family's own mode (Mini-Omni3: session, a recording replayed live)
+        return eval_mode(mode)(cfg)
+    if mode == "demo":  # serve the checkpoint family's web page (omni/demo.py)
         from omni.demo import serve
 
         return serve(cfg)
-    if cfg.get("mode", "split") != "split":
-        raise ValueError(f"eval mode={cfg.mode!r}; valid: ['split', 'session', 'demo']")
+    if mode != "split":
+        raise ValueError(f"eval mode={cfg.mode!r}; valid: {['split', *eval_modes(), 'demo']}")
     scorers = build_scorers(cfg.get("speech"))
     model, run_cfg = load_for_eval(cfg.ckpt)
     infer = make_inference(model, load_tokenizer(model.cfg.tokenizer_path))
@@ -79,7 +64,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"eval tasks {unknown} are not tasks of this {type(model).__name__} checkpoint; valid: "
                          f"{sorted(speaks)} (e.g. tasks=[{','.join(sorted(speaks))}])")
     datamodule = build_datamodule(run_cfg, cfg)
-    sampling = SamplingConfig(**cfg.sampling)
+    sampling = sampling_config(model, OmegaConf.to_container(cfg.sampling))
+    reference_field = family_of(model).reference_field
     out_dir = Path(cfg.out_dir)
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     limit = int(cfg.max_examples) if cfg.get("max_examples") else sys.maxsize
@@ -103,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict:
         else:
             speech, generated = None, None
             task_rows = [{"task": task, "id": ex["id"], "speaker": ex.get("speaker"),
-                          "reference": ex[REFERENCE_FIELD[task]] or "",
+                          "reference": ex[reference_field[task]] or "",
                           "hypothesis": infer.answer(ex, task, sampling, batch_parallel=cfg.batch_parallel).text}
                          for ex in examples]
         refs, hyps = [r["reference"] for r in task_rows], [r["hypothesis"] for r in task_rows]

@@ -102,16 +102,15 @@ def test_demo_config_errors_name_the_key():
 
 
 def test_registry_imports_each_family_page_lazily():
-    from omni.families import DEMOS, demo_module
-    from omni.mini_omni.model import MiniOmni
+    from omni.families import demo_module, registry
     from omni.mini_omni3.model import MiniOmni3
-    from omni.minimind_o.model import MiniMindO
 
-    assert DEMOS == {MiniOmni: "omni.mini_omni.demo", MiniOmni3: "omni.mini_omni3.demo",
-                     MiniMindO: "omni.minimind_o.demo"}
+    assert {name: f.demo for name, f in registry().items()} == {
+        "mini_omni": "omni.mini_omni.demo", "mini_omni3": "omni.mini_omni3.demo", "minimind_o": "omni.minimind_o.demo"}
     fake = MiniOmni3.__new__(MiniOmni3)
     assert demo_module(fake).__name__ == "omni.mini_omni3.demo"
-    with pytest.raises(TypeError, match="no web demo for Linear; known: \\['MiniOmni', 'MiniOmni3', 'MiniMindO'\\]"):
+    with pytest.raises(TypeError, match="Linear belongs to no registered family; known: "
+                                        "\\['MiniOmni', 'MiniOmni3', 'MiniMindO'\\]"):
         demo_module(torch.nn.Linear(1, 1))
     shared = (ROOT / "omni" / "demo.py").read_text()
     for name in ("mini_omni", "minimind", "MiniOmni", "MiniMind"):

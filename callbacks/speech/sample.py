@@ -8,8 +8,9 @@ Protocol (how a model family plugs into speech evaluation, in the training callb
 
 - `infer` is what `omni.families.make_inference(model, tokenizer)` returns (the object `OmniModule.inference()`
   caches). If it has a method `speech_samples(examples, task, sampling)` it IS the producer; otherwise an adapter
-  registered with `register_producer(InferenceClass, factory)` wraps it (`factory(infer, **options)`), as
-  `MiniOmniSpeech` does for `MiniOmniInference` without changing it (MiniMind-O: `MiniMindOSpeech`).
+  wraps it (`factory(infer, **options)`): the one its family names in its registry entry (`Family.speech`, e.g.
+  the Mini-Omni adapter wraps that family's helper without changing it), or one `register_producer(InferenceClass,
+  factory)` registered.
 - `examples` are the dicts of `datamodule.examples(split, task, n)`; `task` is the family's task name (e.g. a1a2,
   t1a2 for Mini-Omni; t2a / a2a for a Thinker-Talker family); `sampling` is the family's sampling config or a
   plain dict {temperature, top_k, max_new_tokens, seed} (what the training callbacks pass) to convert into it.
@@ -73,31 +74,26 @@ def register_producer(inference_cls: type, factory: Callable[..., SpeechProducer
     _PRODUCERS[inference_cls] = factory
 
 
-def _register_builtin() -> None:
-    from omni.mini_omni.infer import MiniOmniInference
+def _family_factory(infer: Any) -> Callable[..., SpeechProducer] | None:
+    """The producer the helper's family registers (`Family.speech`, omni.families), or None."""
+    from omni.families import speech_producer_factory
 
-    from callbacks.speech.mini_omni import MiniOmniSpeech
-
-    _PRODUCERS.setdefault(MiniOmniInference, MiniOmniSpeech)
-
-    from omni.minimind_o.infer import MiniMindOInference
-
-    from callbacks.speech.minimind_o import MiniMindOSpeech
-
-    _PRODUCERS.setdefault(MiniMindOInference, MiniMindOSpeech)
+    return speech_producer_factory(infer)
 
 
 def speech_producer(infer: Any, **options: Any) -> SpeechProducer:
     """The SpeechSample producer of a family's inference helper (see the module docstring)."""
     if isinstance(infer, SpeechProducer):
         return infer
-    _register_builtin()
-    for cls, factory in _PRODUCERS.items():
+    for cls, factory in _PRODUCERS.items():  # register_producer() adapters first: they may override a family's
         if isinstance(infer, cls):
             return factory(infer, **options)
+    factory = _family_factory(infer)
+    if factory is not None:
+        return factory(infer, **options)
     raise TypeError(f"{type(infer).__name__} cannot produce speech samples: give it a `speech_samples(examples, "
-                    f"task, sampling)` method or register_producer() an adapter; registered: "
-                    f"{[c.__name__ for c in _PRODUCERS]}")
+                    f"task, sampling)` method, name a producer in its family's entry (Family.speech) or "
+                    f"register_producer() an adapter; registered: {[c.__name__ for c in _PRODUCERS]}")
 
 
 def split_speakers(paths: Any) -> set[str]:

@@ -792,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.direction.startswith("ckpt-to-"):  # a train.py checkpoint (model rebuilt from its stored config)
-        from omni.evaluate import load_for_eval
+        from omni.checkpoint import load_for_eval
 
         model, _ = load_for_eval(args.src)
         (export_litgpt if args.direction == "ckpt-to-litgpt" else export_hf)(model, args.dst)

@@ -32,6 +32,11 @@ def n_image_tokens(arch: str, image_size: int, patch_size: int) -> int:
     return (image_size // patch_size) ** 2 + (1 if arch == "clip" else 0)
 
 
+def image_tokens(arch: Any, image_size: Any, patch_size: Any) -> int:
+    """`${omni.image_tokens:arch,size,patch}` (data configs read it from the model config; this family's resolver)."""
+    return n_image_tokens(str(arch), int(image_size), int(patch_size))
+
+
 class VisionTower(nn.Module):
     """Frozen image encoder: (B_i, 3, H, W) pixels -> (B_i, N, C) token features (C = `feature_dim`)."""
 

@@ -67,7 +67,7 @@ def replay_file(ckpt: str, wav_path: str, sampling: dict[str, Any] | None = None
                 ) -> dict[str, Any]:
     """Checkpoint (written by train.py) + audio file -> report; also written to OUT_DIR/session.json."""
     from data.audio import decode_audio
-    from omni.evaluate import load_for_eval
+    from omni.checkpoint import load_for_eval
     from omni.families import load_tokenizer
     from omni.mini_omni3.model import MiniOmni3
 
@@ -88,3 +88,10 @@ def replay_file(ckpt: str, wav_path: str, sampling: dict[str, Any] | None = None
     for r in report["replies"]:
         print(f"  @{r['time_s']:.1f}s [{r['emotion']}] {r['text']}")
     return report
+
+
+def eval_session(cfg: Any) -> dict[str, Any]:
+    """`python eval.py mode=session ckpt=... wav=...` (this family's eval mode, omni/mini_omni3/family.py)."""
+    from omegaconf import OmegaConf
+
+    return replay_file(cfg.ckpt, cfg.wav, OmegaConf.to_container(cfg.session), cfg.out_dir)

@@ -63,7 +63,7 @@ def online_sessions(dataset: Any) -> list[tuple[np.ndarray, list[int]]]:
 
 
 def score_checkpoint(ckpt: str, split: str = "test") -> dict[str, Any]:
-    from omni.evaluate import load_for_eval
+    from omni.checkpoint import load_for_eval
     from omni.families import instantiate_stored, load_tokenizer
 
     model, run_cfg = load_for_eval(ckpt)  # checkpoints are data: allow-listed classes only (omni.families)

@@ -311,7 +311,7 @@ def _base_config(name: str) -> MiniMindOConfig:
 
 
 def _from_checkpoint(path: str) -> MiniMindO:
-    from omni.evaluate import load_for_eval
+    from omni.checkpoint import load_for_eval
 
     return load_for_eval(path)[0]
 
