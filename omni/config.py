@@ -36,11 +36,11 @@ def wandb_offline() -> bool:
     return not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
-def image_tokens(arch: str, image_size: Any, patch_size: Any) -> int:
-    """Tokens a vision tower makes per image (data configs read it from the model config)."""
-    from omni.mini_omni.vision import n_image_tokens
-
-    return n_image_tokens(str(arch), int(image_size), int(patch_size))
+def required(*, _node_: Any = None) -> Any:
+    """`${omni.required:}`: a value the user must give. Unlike `???` it also holds where the config inherits a
+    value (`data=parquet` from `sample`: OmegaConf keeps the inherited value when merging `???` over it)."""
+    key = _node_._get_full_key(None) if _node_ is not None else "this key"
+    raise ValueError(f"{key} is required: set it on the command line ({key}=<your files or folder>)")
 
 
 def register_resolvers() -> None:
@@ -51,8 +51,11 @@ def register_resolvers() -> None:
         "omni.cwd": lambda: os.getcwd(),
         "omni.precision": best_precision,
         "omni.wandb_offline": wandb_offline,
-        "omni.image_tokens": image_tokens,
+        "omni.required": required,
     }
+    from omni.families import resolvers as family_resolvers
+
+    resolvers.update(family_resolvers())  # those the families' configs use (Family.resolvers), e.g. omni.image_tokens
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
@@ -251,3 +254,115 @@ def validate_config(cfg: Any) -> None:
                         validate_target_node(node, f"{name}.{sub}", errors)
     if errors:
         raise ConfigTypeError("config values of the wrong type:\n  " + "\n  ".join(errors))
+
+
+# -- family consistency: a model, data and stage of different families fail at start, in one line ----------------
+# Each config's family comes from the configs themselves, never from names written here: a model's or data
+# module's `_target_` lives in its family's folder (`omni.<family>.…`, `data.<family>.…`; the families are those
+# of the model configs), a stage names its `family:` (inherited through its defaults list). A data module outside
+# a family folder is not checked.
+GROUP_LABELS = {"model": "models", "data": "data", "stage": "stages"}
+
+
+class FamilyMismatchError(ValueError):
+    """The model, data and stage configs belong to different families (names each one and the matching choices)."""
+
+
+def target_family(target: Any, known: set[str]) -> str | None:
+    """`omni.minimind_o.model.MiniMindO` -> `minimind_o` when that is a known family, else None."""
+    parts = str(target or "").split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in known else None
+
+
+def _conf_dir() -> Path | None:
+    """The primary config folder of this run (Hydra's), else the checkout's `conf/`."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    except Exception:  # noqa: BLE001 - not under Hydra (a test composing by hand): the checkout's conf/
+        pass
+    folder = Path(package_dir("omni")).parent / "conf"
+    return folder if folder.is_dir() else None
+
+
+def _option_key(folder: Path, name: str, key: str, depth: int = 0) -> Any:
+    """A top-level key of config `folder/name.yaml`, or of the configs its defaults list includes from the same
+    group (a later entry merges over an earlier one; its own value wins). Reads files; composes nothing."""
+    path = folder / f"{name}.yaml"
+    if depth > 8 or not path.is_file():
+        return None
+    node = OmegaConf.load(path)
+    if node.get(key) is not None:
+        return node.get(key)
+    for entry in reversed(list(node.get("defaults") or [])):
+        if isinstance(entry, str) and entry != "_self_":
+            value = _option_key(folder, entry.split("@")[0], key, depth + 1)
+            if value is not None:
+                return value
+    return None
+
+
+def family_options(conf: Path | None) -> tuple[set[str], dict[str, dict[str, str | None]]]:
+    """(known families, {group: {option: family}}) of the model / data / stage choices in config folder `conf`."""
+    options: dict[str, dict[str, str | None]] = {group: {} for group in GROUP_LABELS}
+    if conf is None:
+        return set(), options
+    names = {group: sorted(p.stem for p in (conf / group).glob("*.yaml")) for group in GROUP_LABELS}
+    known = {str(t).split(".")[1] for t in (_option_key(conf / "model", n, "_target_") for n in names["model"])
+             if len(str(t).split(".")) > 2}
+    for group, opts in names.items():
+        for name in opts:
+            family = _option_key(conf / group, name, "family")
+            options[group][name] = family if family is not None or group == "stage" else \
+                target_family(_option_key(conf / group, name, "_target_"), known)
+    return known, options
+
+
+def check_families(cfg: Any) -> None:
+    """Fail at start, in one line, when the model, the data and the stage(s) are of different families: each one
+    with its family, then the choices of the stage's family (else the model's) for the ones that differ.
+    Reads `_target_` / `stage.family` only, so it runs before anything is resolved."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = dict(HydraConfig.get().runtime.choices)
+    except Exception:  # noqa: BLE001 - composed without Hydra's runtime: label by config values
+        choices = {}
+    known, options = family_options(_conf_dir())
+    model_target = OmegaConf.select(cfg, "model._target_", default=None)
+    if model_target is None:
+        return
+    parts = str(model_target).split(".")
+    if len(parts) > 2:
+        known.add(parts[1])  # a model outside conf/model/ still names its family by its folder
+    stages = [("stage", "stage", OmegaConf.select(cfg, "stage"))]
+    stages += [(f"stage@curriculum.{n}", "stage", s) for n, s in (OmegaConf.select(cfg, "curriculum") or {}).items()]
+    entries: list[tuple[str, str, str | None]] = []  # (label, group, family)
+    for key, group, node in stages:
+        if node is not None and node.get("family") is not None:
+            name = choices.get(key) or node.get("name")
+            entries.append((f"{key}={name}", group, str(node.family)))
+    for group in ("model", "data"):
+        target = OmegaConf.select(cfg, f"{group}._target_", default=None)
+        family = OmegaConf.select(cfg, f"{group}.family", default=None) or target_family(target, known)
+        if family is not None:
+            entries.append((f"{group}={choices.get(group) or target}", group, family))
+    families = {family for _, _, family in entries}
+    if len(families) <= 1:
+        return
+    ref_label, _, ref = min(entries, key=lambda e: ("stage", "model", "data").index(e[1]))  # the stage's first
+    wrong = [e for e in entries if e[2] != ref]
+    hints = []
+    for group in dict.fromkeys(g for _, g, _ in wrong):
+        opts = sorted(n for n, f in options[group].items() if f == ref)
+        if opts:
+            hints.append(f"{ref} {GROUP_LABELS[group]}: " + ", ".join(opts))
+    for family in dict.fromkeys(f for _, g, f in wrong if g != "stage"):
+        opts = sorted(n for n, f in options["stage"].items() if f == family)
+        if opts:
+            hints.append(f"or a {family} stage: " + ", ".join(opts))
+    raise FamilyMismatchError(f"{ref_label} is {ref} but " + " and ".join(f"{label} is {family}"
+                              for label, _, family in wrong) + "".join(f"; {hint}" for hint in hints))

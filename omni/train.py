@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from omni.config import configure_environment, validate_config
+from omni.config import check_families, configure_environment, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     configure_environment()
+    check_families(cfg)  # a model, data or stage of another family fails here in one line, before resolving
     validate_config(cfg)  # wrong types fail here naming the key, not deep inside a run
     check_output_dirs(cfg)  # an unwritable output folder fails here naming it, not after the first epoch
     if cfg.get("seed") is not None:

@@ -15,6 +15,9 @@ STAGES = sorted(p.stem for p in (CONF / "stage").glob("*.yaml"))
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(compose, experiment):
     cfg = compose(f"experiment={experiment}")
+    user_data = OmegaConf.to_container(cfg.data)["train"] == "${omni.required:}"
+    if user_data:  # recipes for external data name their paths on the command line
+        cfg = compose(f"experiment={experiment}", "data.train=/your/train", "data.val=/your/val")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     stages = list(cfg.curriculum.values()) if cfg.get("curriculum") else [cfg.stage]
     if cfg.data._target_ == "data.datamodule.OmniDataModule":
@@ -22,7 +25,7 @@ def test_every_experiment_composes_and_instantiates(compose, experiment):
 
         for stage in stages:
             assert set(stage.tasks) <= set(TASK_REQUIREMENTS)
-    if not OmegaConf.is_missing(cfg.data, "train"):  # recipes for external data name their paths on the CLI
+    if not user_data:
         assert hydra.utils.instantiate(cfg.data) is not None
     for node in cfg.callbacks.values():
         if node is not None:
@@ -61,3 +64,28 @@ def test_unknown_task_names_valid_tasks(compose):
     with pytest.raises(Exception, match="a2a.*valid tasks|valid tasks.*a2a") as err:
         hydra.utils.instantiate(cfg.data)
     assert "t1a2" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["data=parquet"], "data.train"),
+    (["data=parquet", "data.train=/my/train"], "data.val"),
+    # minimind_parquet inherits minimind_sample: with `???` (its old value) OmegaConf kept the bundled sample's
+    # path and the run silently trained on it
+    (["stage=sft_t2a", "data=minimind_parquet"], "data.train"),
+])
+def test_parquet_data_needs_its_paths(compose, overrides, key):
+    from omni.config import validate_config
+
+    cfg = compose(*overrides)
+    with pytest.raises(Exception, match=rf"{key} is required: set it on the command line"):
+        validate_config(cfg)
+    assert "sample" not in str(OmegaConf.to_container(cfg.data)[key.split(".")[1]])  # not the inherited path
+
+
+def test_parquet_inherits_sample(compose):
+    """conf/data/parquet.yaml is sample.yaml with the user's paths (and 4 loader workers): nothing else differs."""
+    sample = OmegaConf.to_container(compose("data=sample").data, resolve=True)
+    parquet = OmegaConf.to_container(compose("data=parquet", "data.train=/t", "data.val=/v").data, resolve=True)
+    differ = {k for k in sample.keys() | parquet.keys() if sample.get(k) != parquet.get(k)}
+    assert differ == {"train", "val", "test", "num_workers"}
+    assert (parquet["train"], parquet["val"], parquet["test"], parquet["num_workers"]) == ("/t", "/v", None, 4)

@@ -36,6 +36,7 @@ class StageConfig:
     modes: dict[str, list[str]] = field(default_factory=dict)
     freeze: str | None = None                        # picks extra `frozen` globs from `freezes`
     freezes: dict[str, list[str]] = field(default_factory=dict)
+    family: str | None = None                        # whose tasks these are (omni.config.check_families)
 
     def __post_init__(self) -> None:
         self.trainable = list(self.trainable)
