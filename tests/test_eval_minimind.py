@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from callbacks.speech import speech_producer
-from callbacks.speech.minimind_o import MiniMindOSpeech
+from callbacks.minimind_o.speech import MiniMindOSpeech
 from data.audio import decode_audio
 from data.minimind_o.schema import parse_conversation
 from omni.evaluate import evaluate, load_for_eval

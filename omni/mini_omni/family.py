@@ -20,7 +20,7 @@ FAMILY = Family(
                  "transformers.models.whisper.modeling_whisper.WhisperEncoderLayer",
                  "transformers.models.clip.modeling_clip.CLIPEncoderLayer",          # Mini-Omni2 vision tower
                  "transformers.models.siglip.modeling_siglip.SiglipEncoderLayer"),   # vision_arch=siglip
-    speech="callbacks.speech.mini_omni.MiniOmniSpeech",
+    speech="callbacks.mini_omni.speech.MiniOmniSpeech",
     importer="omni.mini_omni.convert",
     converter="omni.mini_omni.convert",
     demo="omni.mini_omni.demo",

@@ -17,7 +17,7 @@ FAMILY = Family(
     wrap_layers=("transformers.models.qwen3.modeling_qwen3.Qwen3DecoderLayer",   # Thinker and Talker blocks
                  "transformers.models.whisper.modeling_whisper.WhisperEncoderLayer",
                  "transformers.models.siglip.modeling_siglip.SiglipEncoderLayer"),
-    speech="callbacks.speech.minimind_o.MiniMindOSpeech",
+    speech="callbacks.minimind_o.speech.MiniMindOSpeech",
     importer="omni.minimind_o.convert",
     converter="omni.minimind_o.convert",
     demo="omni.minimind_o.demo",

@@ -1,5 +1,5 @@
 """MiniMind-O inference on dataset examples (eval.py, the text-metrics callback, the speech producer
-`callbacks/speech/minimind_o.py`). An example is the dict of `data.minimind_o.dataset.MiniMindODataset` (no
+`callbacks/minimind_o/speech.py`). An example is the dict of `data.minimind_o.dataset.MiniMindODataset` (no
 augmentation): its prefill batch is the prompt columns of its training layout plus its features, i.e. exactly
 what `generate.chat_batch` builds from the conversation and voice (tested); decoding is `generate.generate` /
 `playback.stream`, unchanged.

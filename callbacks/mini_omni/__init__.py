@@ -1,0 +1,1 @@
+"""Mini-Omni / Mini-Omni2 evaluation pieces: the SpeechSample producer (`speech`)."""

@@ -1,0 +1,1 @@
+"""MiniMind-O evaluation pieces: the SpeechSample producer (`speech`)."""
