@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,24 @@ def required(*, _node_: Any = None) -> Any:
     value (`data=parquet` from `sample`: OmegaConf keeps the inherited value when merging `???` over it)."""
     key = _node_._get_full_key(None) if _node_ is not None else "this key"
     raise ValueError(f"{key} is required: set it on the command line ({key}=<your files or folder>)")
+
+
+def load_group_config(path: str | Path) -> Any:
+    """A config-group file (e.g. conf/model/mini_omni_tiny.yaml) as Hydra composes it on its own: the configs of
+    its defaults list from the same group merged in order (`_self_` where listed, else last), `defaults` dropped;
+    `override` entries (other groups) are not part of it. Resolvers are not applied here."""
+    path = Path(path)
+    node = OmegaConf.load(path)
+    defaults = list(node.pop("defaults", None) or [])
+    parts = []
+    for entry in defaults:
+        if entry == "_self_":
+            parts.append(node)
+        elif isinstance(entry, str):
+            parts.append(load_group_config(path.parent / f"{entry.split('@')[0]}.yaml"))
+    if "_self_" not in defaults:
+        parts.append(node)
+    return OmegaConf.merge(*parts)
 
 
 def register_resolvers() -> None:
@@ -257,10 +276,11 @@ def validate_config(cfg: Any) -> None:
 
 
 # -- family consistency: a model, data and stage of different families fail at start, in one line ----------------
-# Each config's family comes from the configs themselves, never from names written here: a model's or data
-# module's `_target_` lives in its family's folder (`omni.<family>.…`, `data.<family>.…`; the families are those
-# of the model configs), a stage names its `family:` (inherited through its defaults list). A data module outside
-# a family folder is not checked.
+# Each config's family comes from the configs, never from names written here: a stage names its `family:`
+# (inherited through its defaults list); a model's or data module's `_target_` is the class some registered family
+# names (its `model` / `datamodule`, `omni.families.registry()`, passed in by omni.train), else the family folder
+# it lives in (`omni.<family>.…`, `data.<family>.…`, a family being a model config's folder). An explicit
+# `family:` key on a model / data node would win. Unknown targets are not checked.
 GROUP_LABELS = {"model": "models", "data": "data", "stage": "stages"}
 
 
@@ -268,8 +288,13 @@ class FamilyMismatchError(ValueError):
     """The model, data and stage configs belong to different families (names each one and the matching choices)."""
 
 
-def target_family(target: Any, known: set[str]) -> str | None:
-    """`omni.minimind_o.model.MiniMindO` -> `minimind_o` when that is a known family, else None."""
+def target_family(target: Any, known: set[str], families: Mapping[str, Any] | None = None) -> str | None:
+    """The family of a `_target_`: the registered family naming that class (`families`: name -> Family), else the
+    folder it lives in when that is a known family (`omni.minimind_o.model.MiniMindO` -> `minimind_o`), else None."""
+    for name, family in (families or {}).items():
+        if target in (getattr(family, "model", None), getattr(family, "datamodule", None)) or \
+                target in getattr(family, "renamed", {}):
+            return name
     parts = str(target or "").split(".")
     return parts[1] if len(parts) > 2 and parts[1] in known else None
 
@@ -288,81 +313,67 @@ def _conf_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _option_key(folder: Path, name: str, key: str, depth: int = 0) -> Any:
-    """A top-level key of config `folder/name.yaml`, or of the configs its defaults list includes from the same
-    group (a later entry merges over an earlier one; its own value wins). Reads files; composes nothing."""
-    path = folder / f"{name}.yaml"
-    if depth > 8 or not path.is_file():
-        return None
-    node = OmegaConf.load(path)
-    if node.get(key) is not None:
-        return node.get(key)
-    for entry in reversed(list(node.get("defaults") or [])):
-        if isinstance(entry, str) and entry != "_self_":
-            value = _option_key(folder, entry.split("@")[0], key, depth + 1)
-            if value is not None:
-                return value
-    return None
-
-
-def family_options(conf: Path | None) -> tuple[set[str], dict[str, dict[str, str | None]]]:
+def family_options(conf: Path | None, families: Mapping[str, Any] | None = None
+                   ) -> tuple[set[str], dict[str, dict[str, str | None]]]:
     """(known families, {group: {option: family}}) of the model / data / stage choices in config folder `conf`."""
     options: dict[str, dict[str, str | None]] = {group: {} for group in GROUP_LABELS}
+    known = set(families or {})
     if conf is None:
-        return set(), options
-    names = {group: sorted(p.stem for p in (conf / group).glob("*.yaml")) for group in GROUP_LABELS}
-    known = {str(t).split(".")[1] for t in (_option_key(conf / "model", n, "_target_") for n in names["model"])
-             if len(str(t).split(".")) > 2}
-    for group, opts in names.items():
-        for name in opts:
-            family = _option_key(conf / group, name, "family")
+        return known, options
+    nodes = {group: {p.stem: load_group_config(p) for p in sorted((conf / group).glob("*.yaml"))}
+             for group in GROUP_LABELS}
+    known |= {str(n.get("_target_")).split(".")[1] for n in nodes["model"].values()
+              if len(str(n.get("_target_")).split(".")) > 2}
+    for group, opts in nodes.items():
+        for name, node in opts.items():
+            family = node.get("family")
             options[group][name] = family if family is not None or group == "stage" else \
-                target_family(_option_key(conf / group, name, "_target_"), known)
+                target_family(node.get("_target_"), known, families)
     return known, options
 
 
-def check_families(cfg: Any) -> None:
+def check_families(cfg: Any, families: Mapping[str, Any] | None = None) -> None:
     """Fail at start, in one line, when the model, the data and the stage(s) are of different families: each one
-    with its family, then the choices of the stage's family (else the model's) for the ones that differ.
-    Reads `_target_` / `stage.family` only, so it runs before anything is resolved."""
+    with its family, then the choices of the stage's family (else the model's) for the ones that differ, and the
+    other family's stages. Reads `_target_` / `family` only, so it runs before anything is resolved.
+    `families`: the registry ({name: Family}; titles and exact classes), optional."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         choices = dict(HydraConfig.get().runtime.choices)
     except Exception:  # noqa: BLE001 - composed without Hydra's runtime: label by config values
         choices = {}
-    known, options = family_options(_conf_dir())
     model_target = OmegaConf.select(cfg, "model._target_", default=None)
     if model_target is None:
         return
+    known, options = family_options(_conf_dir(), families)
     parts = str(model_target).split(".")
     if len(parts) > 2:
         known.add(parts[1])  # a model outside conf/model/ still names its family by its folder
-    stages = [("stage", "stage", OmegaConf.select(cfg, "stage"))]
-    stages += [(f"stage@curriculum.{n}", "stage", s) for n, s in (OmegaConf.select(cfg, "curriculum") or {}).items()]
-    entries: list[tuple[str, str, str | None]] = []  # (label, group, family)
-    for key, group, node in stages:
+    stages = [("stage", OmegaConf.select(cfg, "stage"))]
+    stages += [(f"stage@curriculum.{n}", s) for n, s in (OmegaConf.select(cfg, "curriculum") or {}).items()]
+    entries: list[tuple[str, str, str]] = []  # (label, group, family)
+    for key, node in stages:
         if node is not None and node.get("family") is not None:
-            name = choices.get(key) or node.get("name")
-            entries.append((f"{key}={name}", group, str(node.family)))
+            entries.append((f"{key}={choices.get(key) or node.get('name')}", "stage", str(node.family)))
     for group in ("model", "data"):
         target = OmegaConf.select(cfg, f"{group}._target_", default=None)
-        family = OmegaConf.select(cfg, f"{group}.family", default=None) or target_family(target, known)
+        family = OmegaConf.select(cfg, f"{group}.family", default=None) or target_family(target, known, families)
         if family is not None:
-            entries.append((f"{group}={choices.get(group) or target}", group, family))
-    families = {family for _, _, family in entries}
-    if len(families) <= 1:
+            entries.append((f"{group}={choices.get(group) or target}", group, str(family)))
+    if len({family for _, _, family in entries}) <= 1:
         return
+    title = lambda name: getattr((families or {}).get(name), "title", None) or name  # noqa: E731
     ref_label, _, ref = min(entries, key=lambda e: ("stage", "model", "data").index(e[1]))  # the stage's first
     wrong = [e for e in entries if e[2] != ref]
     hints = []
     for group in dict.fromkeys(g for _, g, _ in wrong):
         opts = sorted(n for n, f in options[group].items() if f == ref)
         if opts:
-            hints.append(f"{ref} {GROUP_LABELS[group]}: " + ", ".join(opts))
+            hints.append(f"{title(ref)} {GROUP_LABELS[group]}: " + ", ".join(opts))
     for family in dict.fromkeys(f for _, g, f in wrong if g != "stage"):
         opts = sorted(n for n, f in options["stage"].items() if f == family)
         if opts:
-            hints.append(f"or a {family} stage: " + ", ".join(opts))
-    raise FamilyMismatchError(f"{ref_label} is {ref} but " + " and ".join(f"{label} is {family}"
-                              for label, _, family in wrong) + "".join(f"; {hint}" for hint in hints))
+            hints.append(f"or a {title(family)} stage: " + ", ".join(opts))
+    raise FamilyMismatchError(f"{ref_label} is {title(ref)} but " + " and ".join(
+        f"{label} is {title(family)}" for label, _, family in wrong) + "".join(f"; {hint}" for hint in hints))

@@ -93,7 +93,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     configure_environment()
-    check_families(cfg)  # a model, data or stage of another family fails here in one line, before resolving
+    from omni.families import registry
+
+    check_families(cfg, registry())  # a model, data or stage of another family fails here in one line
     validate_config(cfg)  # wrong types fail here naming the key, not deep inside a run
     check_output_dirs(cfg)  # an unwritable output folder fails here naming it, not after the first epoch
     if cfg.get("seed") is not None:

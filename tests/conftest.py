@@ -48,11 +48,11 @@ def tiny_model_cfg():
     """The shipped tiny model config (conf/model/mini_omni_tiny.yaml) as a MiniOmniConfig, smaller window."""
     from omegaconf import OmegaConf
 
-    from omni.config import register_resolvers
+    from omni.config import load_group_config, register_resolvers
     from omni.mini_omni.model import MiniOmniConfig
 
     register_resolvers()
-    node = OmegaConf.load(CONF / "model" / "mini_omni_tiny.yaml").model.cfg
+    node = load_group_config(CONF / "model" / "mini_omni_tiny.yaml").cfg
     raw = OmegaConf.to_container(node, resolve=True)
     raw.pop("_target_"), raw.pop("_convert_")
     raw["whisper"]["max_source_positions"] = 50  # 1 s window keeps unit tests fast

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from omni.config import load_group_config
 from omni.demo import DemoConfig, DemoContext, DemoInputError, SpokenAnswer, guard, loudest_dbfs, read_audio
 from tests.conftest import CONF, ROOT
 
@@ -135,7 +136,7 @@ def mini_omni():
     from omni.mini_omni.demo import MiniOmniDemo
     from omni.mini_omni.model import MiniOmni, MiniOmniConfig
 
-    node = OmegaConf.load(CONF / "model" / "mini_omni_tiny.yaml").model.cfg
+    node = load_group_config(CONF / "model" / "mini_omni_tiny.yaml").cfg
     node.tokenizer_path = str(ROOT / "omni" / "assets" / "tiny_tokenizer")
     raw = OmegaConf.to_container(node, resolve=True)
     raw.pop("_target_"), raw.pop("_convert_")
@@ -196,7 +197,7 @@ def minimind():
     from omni.minimind_o.demo import MiniMindODemo
     from omni.minimind_o.model import MiniMindO, MiniMindOConfig
 
-    node = OmegaConf.load(CONF / "model" / "minimind_o_tiny.yaml").model.cfg
+    node = load_group_config(CONF / "model" / "minimind_o_tiny.yaml").cfg
     node.tokenizer_path = str(ROOT / "omni" / "minimind_o" / "assets" / "tiny_tokenizer")
     raw = OmegaConf.to_container(node, resolve=True)
     raw.pop("_target_"), raw.pop("_convert_")

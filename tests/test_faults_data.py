@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 
 from data.datamodule import OmniDataModule
+from omni.config import load_group_config
 from tests.test_datamodule import MAX_POS, N_MELS, row, tokenizer_dir, wav_bytes, write_shard  # noqa: F401
 
 torch.set_num_threads(1)
@@ -433,7 +434,7 @@ def test_minimind_nonfinite_question_audio_and_duplicate_ids(tmp_path):
 
     from tests.conftest import CONF, ROOT
 
-    node = OmegaConf.load(CONF / "model" / "minimind_o_tiny.yaml").model.cfg
+    node = load_group_config(CONF / "model" / "minimind_o_tiny.yaml").cfg
     cfg = OmegaConf.to_container(node)
     conv = lambda a="two": json.dumps([{"role": "user", "content": "one plus one"},  # noqa: E731
                                        {"role": "assistant", "content": a}])

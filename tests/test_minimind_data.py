@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from data.audio import encode_flac
 from data.minimind_o.datamodule import MiniMindODataModule
+from omni.config import load_group_config
 from omni.minimind_o.model import MiniMindOConfig
 from tests.conftest import CONF, ROOT
 
@@ -22,7 +23,7 @@ TOKENIZER = ROOT / "omni" / "minimind_o" / "assets" / "tiny_tokenizer"
 
 @pytest.fixture(scope="module")
 def model_cfg():
-    node = OmegaConf.load(CONF / "model" / "minimind_o_tiny.yaml").model.cfg
+    node = load_group_config(CONF / "model" / "minimind_o_tiny.yaml").cfg
     node.tokenizer_path = str(TOKENIZER)
     raw = OmegaConf.to_container(node)
     raw.pop("_target_"), raw.pop("_convert_")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from omni.config import load_group_config
 from omni.minimind_o.codec import decode, encode, load_mimi, sample_rate, samples_per_frame
 from omni.minimind_o.generate import (
     FrameAssembler, ModelSource, SamplingConfig, StepLogits, Voice, chat_batch, collect, decode_steps, generate,
@@ -27,7 +28,7 @@ P, S, X = 2049, 2050, 2051  # audio PAD, STOP, SPEAKER (released ids)
 
 
 def tiny_config() -> MiniMindOConfig:
-    node = OmegaConf.load(CONF / "model" / "minimind_o_tiny.yaml").model.cfg
+    node = load_group_config(CONF / "model" / "minimind_o_tiny.yaml").cfg
     node.tokenizer_path = None
     raw = OmegaConf.to_container(node, resolve=True)
     raw.pop("_target_"), raw.pop("_convert_")

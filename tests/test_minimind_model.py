@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from data.minimind_o.collate import MiniMindOCollator
+from omni.config import load_group_config
 from omni.minimind_o.layout import build_layout
 from omni.minimind_o.model import MiniMindO, MiniMindOConfig
 from tests.conftest import CONF
@@ -17,7 +18,7 @@ torch.set_num_threads(1)
 
 
 def model_raw(name: str) -> dict:
-    node = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    node = load_group_config(CONF / "model" / f"{name}.yaml")
     node = node.model.cfg if "model" in node else node.cfg
     node.tokenizer_path = None
     raw = OmegaConf.to_container(node, resolve=True)

@@ -734,10 +734,10 @@ def base_config_from_yaml(path: str | Path) -> MiniOmniConfig:
     resolvers applied."""
     from omegaconf import OmegaConf
 
-    from omni.config import register_resolvers
+    from omni.config import load_group_config, register_resolvers
 
     register_resolvers()
-    node = OmegaConf.load(path)
+    node = load_group_config(path)  # a tiny config inherits its full one through its defaults list
     node = node.model if "model" in node and "cfg" not in node else node
     if "cfg" not in node:
         raise ValueError(f"{path}: no `cfg:` / `model.cfg:` node (expected a conf/model/*.yaml file)")
