@@ -1,4 +1,6 @@
-"""Lightning DataModule: parquet shards -> index -> token-budget batches -> padded Mini-Omni batches.
+"""The DataModule every family shares: parquet splits -> the family's index -> token-budget batches -> the family's
+collated batches. A family subclasses `OmniDataModule` (data/<family>/datamodule.py): its `__init__` calls this
+one's with the family's task vocabulary, then sets its own fields; its `_build(split)` makes the index and dataset.
 
 Resume: `train_dataloader()` returns a `ResumableDataLoader` (Lightning's `_Stateful` protocol: `state_dict()` /
 `load_state_dict()`). Lightning 2.x stores its state under the checkpoint's `loops.fit_loop.state_dict.
@@ -10,7 +12,7 @@ so that count is exactly the batches the loop consumed. The sampler shards by ra
 
 Lightning 2.6 drops that loader state when the train loader is built before the checkpoint is restored, which
 happens whenever `configure_optimizers` reads `trainer.estimated_stepping_batches` (Lightning issue #20550). So the
-DataModule also saves the loader state through its own `state_dict()` (checkpoint key "OmniDataModule"); Lightning
+DataModule also saves the loader state through its own `state_dict()` (checkpoint key: the class name); Lightning
 restores a DataModule before it builds the loader, and `train_dataloader()` applies the pending state once.
 """
 from __future__ import annotations
@@ -22,11 +24,8 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from data.collate import MiniOmniCollator
-from data.dataset import OmniDataset, ParquetIndex, RowIndex, calibrate_chars_per_token
-from data.sampler import TASK_ORDER, TokenBudgetBatchSampler, resolve_task_weights
-from omni.mini_omni.tokens import MiniOmniTokens
-
+from data.dataset import RowIndex
+from data.sampler import TokenBudgetBatchSampler, resolve_task_weights
 
 class ResumableDataLoader(DataLoader):
     """DataLoader over a `TokenBudgetBatchSampler` whose state is {epoch, consumed}: batches this loader has
@@ -54,51 +53,23 @@ class ResumableDataLoader(DataLoader):
 
 
 class OmniDataModule(LightningDataModule):
-    """Train / val / test parquet splits for Mini-Omni. `tasks` are train mix weights ({asr: 1.0, tts: 0.5});
-    val/test use every eligible (row, task) pair of `val_tasks` (default: the train tasks) once, in file order.
-    `chars_per_token` (text length estimate) defaults to a measurement of the tokenizer on the first split's texts
-    with a 10% safety margin (data.dataset.calibrate_chars_per_token). The encoder window is
-    max_source_positions / 50 seconds (30 s for Whisper's 1500)."""
+    """Train / val / test parquet splits of one family (subclassed per family, see the module docstring). `tasks`
+    are train mix weights over the family's tasks; val/test use every eligible (row, task) pair of `val_tasks`
+    (default: the train tasks) once, in file order. The loaders, resume position, skip report and `examples()`
+    are the same for every family."""
 
-    def __init__(
-        self,
-        train: str | list[str] | None = None,
-        val: str | list[str] | None = None,
-        test: str | list[str] | None = None,
-        tokens: MiniOmniTokens | Mapping[str, Any] | None = None,
-        tokenizer_path: str | None = None,
-        n_mels: int = 80,
-        max_source_positions: int = 1500,
-        tasks: Mapping[str, float] | None = None,
-        val_tasks: Mapping[str, float] | None = None,
-        max_len: int = 2048,
-        chars_per_token: float | None = None,
-        vision_arch: str = "clip",
-        vision_path: str | None = None,
-        image_size: int = 224,
-        n_image_tokens: int = 50,
-        **loading: Any,
-    ) -> None:
-        """`loading`: the loader settings every family shares (max_tokens, max_batch_size, window_rows,
-        cache_row_groups, num_workers, seed, strict, pin_memory), see `_init_loading`."""
-        if not tasks:
-            raise ValueError("OmniDataModule needs tasks, e.g. {asr: 1.0, tts: 0.5}")
-        self._init_loading(train, val, test, tokenizer_path, tasks, val_tasks, TASK_ORDER, max_len, **loading)
-        self.tokens = tokens if isinstance(tokens, MiniOmniTokens) else MiniOmniTokens(**dict(tokens or {}))
-        self.n_mels, self.max_source_positions = int(n_mels), int(max_source_positions)
-        self.chars_per_token = None if chars_per_token is None else float(chars_per_token)
-        self.vision = {"vision_arch": vision_arch, "vision_path": vision_path, "image_size": int(image_size)}
-        self.n_image_tokens = int(n_image_tokens)
-        self.collator = MiniOmniCollator(self.tokens, self.n_image_tokens)
+    # checkpoint keys an earlier name of this class stored its state under (Lightning keys a DataModule's state by
+    # its class name): a run resumed from such a checkpoint restores the loader position from there
+    state_keys_before: tuple[str, ...] = ()
 
-    def _init_loading(self, train: Any, val: Any, test: Any, tokenizer_path: str | None, tasks: Mapping[str, float],
-                      val_tasks: Mapping[str, float] | None, valid_tasks: tuple[str, ...], max_len: int, *,
-                      max_tokens: int = 16384, max_batch_size: int | None = None, window_rows: int = 1000,
-                      cache_row_groups: int = 4, num_workers: int = 0, seed: int = 0, strict: bool = False,
-                      pin_memory: bool = False) -> None:
-        """What every family's DataModule sets before its own fields (each family's `__init__` calls this, not
-        `OmniDataModule.__init__`): the splits, the tokenizer folder, the train / val task mixes (checked against
-        `valid_tasks`), the token budget, the loader settings and the empty index / dataset / resume state.
+    def __init__(self, train: Any, val: Any, test: Any, tokenizer_path: str | None, tasks: Mapping[str, float],
+                 val_tasks: Mapping[str, float] | None, valid_tasks: tuple[str, ...], max_len: int, *,
+                 max_tokens: int = 16384, max_batch_size: int | None = None, window_rows: int = 1000,
+                 cache_row_groups: int = 4, num_workers: int = 0, seed: int = 0, strict: bool = False,
+                 pin_memory: bool = False) -> None:
+        """What every family's DataModule sets before its own fields (each family's `__init__` calls this first):
+        the splits, the tokenizer folder, the train / val task mixes (checked against `valid_tasks`, the family's
+        task vocabulary), the token budget, the loader settings and the empty index / dataset / resume state.
         Config mistakes fail here, at start."""
         LightningDataModule.__init__(self)
         if tokenizer_path is None:
@@ -122,7 +93,12 @@ class OmniDataModule(LightningDataModule):
 
     @property
     def window_s(self) -> float:
-        return self.max_source_positions / 50.0
+        """The longest audio a row may hold (the family's encoder window); inf: no limit."""
+        return float("inf")
+
+    def _build(self, split: str) -> None:
+        """Index `split` and make its dataset: `self.indexes[split]`, `self.datasets[split]` (the family's)."""
+        raise NotImplementedError(f"{type(self).__name__} must build its index and dataset (_build)")
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -135,23 +111,7 @@ class OmniDataModule(LightningDataModule):
             if self.paths[split] is not None and split not in self.indexes:
                 self._build(split)
 
-    def _build(self, split: str) -> None:
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
-        if self.chars_per_token is None:  # measured once, on the first split built (train under fit)
-            self.chars_per_token = calibrate_chars_per_token(self.paths[split], self._tokenizer)
-        index = ParquetIndex(self.paths[split], window_s=self.window_s, max_len=self.max_len,
-                             chars_per_token=self.chars_per_token, max_audio_frames=self.max_source_positions,
-                             strict=self.strict, n_image_tokens=self.n_image_tokens)
-        self.indexes[split] = index
-        self.datasets[split] = OmniDataset(index, self._tokenizer, self.tokens, n_mels=self.n_mels,
-                                           max_source_positions=self.max_source_positions,
-                                           cache_row_groups=self.cache_row_groups, strict=self.strict,
-                                           **self.vision)
-
-    def _dataset(self, split: str) -> OmniDataset:
+    def _dataset(self, split: str) -> Any:
         if split not in self.datasets:
             if self.paths[split] is None:
                 raise ValueError(f"no {split} data configured")

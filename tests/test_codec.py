@@ -1,4 +1,4 @@
-"""SNAC access (data/codec.py): shapes, sample rate, stream order, determinism. Tiny random codec, no network."""
+"""SNAC access (data/mini_omni/codec.py): shapes, sample rate, stream order, determinism. Tiny random codec, no network."""
 import json
 import os
 
@@ -8,7 +8,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from data.codec import (  # noqa: E402
+from data.mini_omni.codec import (  # noqa: E402
     SNAC_24KHZ,
     SNAC_TINY,
     codec_sample_rate,

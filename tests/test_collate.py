@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from data.collate import MiniOmniCollator
+from data.mini_omni.collate import MiniOmniCollator
 from data.dataset import Skipped
 from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
 

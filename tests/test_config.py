@@ -20,8 +20,8 @@ def test_every_experiment_composes_and_instantiates(compose, experiment):
         cfg = compose(f"experiment={experiment}", "data.train=/your/train", "data.val=/your/val")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     stages = list(cfg.curriculum.values()) if cfg.get("curriculum") else [cfg.stage]
-    if cfg.data._target_ == "data.datamodule.OmniDataModule":
-        from data.schema import TASK_REQUIREMENTS
+    if cfg.data._target_ == "data.mini_omni.datamodule.MiniOmniDataModule":
+        from data.mini_omni.schema import TASK_REQUIREMENTS
 
         for stage in stages:
             assert set(stage.tasks) <= set(TASK_REQUIREMENTS)

@@ -11,8 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.dataset import OmniDataset, ParquetIndex, Skipped
-from data.schema import SCHEMA
+from data.dataset import Skipped
+from data.mini_omni.dataset import OmniDataset, ParquetIndex
+from data.mini_omni.schema import SCHEMA
 from omni.mini_omni.tokens import MiniOmniTokens
 
 torch.set_num_threads(1)
@@ -162,7 +163,7 @@ def sample_or_generated(tmp_path: Path) -> tuple[str, str]:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_datamodule_yields_batches_and_round_trips_state(tmp_path, lightning_free_dm_args, num_workers):
-    from data.datamodule import OmniDataModule
+    from data.mini_omni.datamodule import MiniOmniDataModule as OmniDataModule
 
     train, val = sample_or_generated(tmp_path)
     dm = OmniDataModule(train=train, val=val, num_workers=num_workers, **lightning_free_dm_args)
@@ -192,7 +193,7 @@ def test_lightning_fit_resumes_mid_epoch_and_at_epoch_end(tmp_path, tokenizer_di
     checkpoint is restored (Lightning #20550; the DataModule's own state_dict covers it)."""
     import lightning.pytorch as pl
 
-    from data.datamodule import OmniDataModule
+    from data.mini_omni.datamodule import MiniOmniDataModule as OmniDataModule
 
     class Recorder(pl.LightningModule):
         def __init__(self) -> None:
@@ -238,7 +239,7 @@ def test_lightning_fit_resumes_mid_epoch_and_at_epoch_end(tmp_path, tokenizer_di
 def test_ranks_come_from_the_trainer_and_distributed_sampler_must_be_off(tmp_path, tokenizer_dir):
     from types import SimpleNamespace
 
-    from data.datamodule import OmniDataModule
+    from data.mini_omni.datamodule import MiniOmniDataModule as OmniDataModule
 
     write_shard(tmp_path / "d" / "a.parquet", [row(i, a="answer " * (i % 4 + 1)) for i in range(24)])
     dm = OmniDataModule(train=str(tmp_path / "d"), tokens=dict(text_vocab=512), tokenizer_path=tokenizer_dir,

@@ -33,7 +33,7 @@ def write(tmp_path, name: str, wav: np.ndarray, sr: int = 16000) -> str:
 
 
 def synth(tmp_path, text: str, voice: str = "en-us+m3") -> str:
-    from data.make_sample import Voice as TTSVoice, synthesize
+    from data.mini_omni.make_sample import Voice as TTSVoice, synthesize
 
     path = os.path.join(str(tmp_path), f"{abs(hash((text, voice)))}.wav")
     synthesize(TTSVoice("espeak-ng", voice), text, path)
@@ -150,8 +150,8 @@ def mini_omni():
 
 
 def test_mini_omni_question_features_equal_training(mini_omni):
-    """The demo's example of a recording == data.dataset.OmniDataset's example of the same bytes."""
-    from data.dataset import OmniDataset, ParquetIndex
+    """The demo's example of a recording == data.mini_omni.dataset.OmniDataset's example of the same bytes."""
+    from data.mini_omni.dataset import OmniDataset, ParquetIndex
     from data.audio import decode_audio
 
     shard = ROOT / "data" / "sample" / "test" / "shard-00000.parquet"

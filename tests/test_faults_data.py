@@ -1,7 +1,7 @@
-"""Issue 13 part C: every bad input is named, non-finite audio never trains, data.prepare is safe.
+"""Issue 13 part C: every bad input is named, non-finite audio never trains, data.mini_omni.prepare is safe.
 
 Each case is built on real small parquet / wav inputs and goes through the code a user runs (the DataModules,
-Lightning's fit with DataHealthCallback, `data.prepare.main`). Expected rows, ids and counts are hand-derived in
+Lightning's fit with DataHealthCallback, `data.mini_omni.prepare.main`). Expected rows, ids and counts are hand-derived in
 each test from the rows it writes."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from data.datamodule import OmniDataModule
+from data.mini_omni.datamodule import MiniOmniDataModule as OmniDataModule
 from omni.config import load_group_config
 from tests.test_datamodule import MAX_POS, N_MELS, row, tokenizer_dir, wav_bytes, write_shard  # noqa: F401
 
@@ -77,7 +77,7 @@ def test_nonfinite_audio_is_skipped_as_its_own_reason_and_strict_names_it(tmp_pa
 def test_nonfinite_features_backstop_names_the_column(tmp_path, tokenizer_dir, monkeypatch):
     """Finite audio whose computed log-mel is not finite (here: the feature extractor made to return NaN for
     row 1's audio, standing in for an overflow) is skipped as `nonfinite_features` naming question_audio."""
-    from data.dataset import OmniDataset
+    from data.mini_omni.dataset import OmniDataset
 
     rows = [row(0, audio=wav_bytes(0.5, seed=0), seconds=0.5), row(1, audio=wav_bytes(0.5, seed=1), seconds=0.5)]
     write_shard(tmp_path / "d" / "s.parquet", rows)
@@ -284,7 +284,7 @@ def test_truncated_and_corrupt_shards_are_named(tmp_path, tokenizer_dir):
     assert str(a).endswith("a.parquet")
 
 
-# ------------------------------------------------------------------------------------ data.prepare
+# ------------------------------------------------------------------------------ data.mini_omni.prepare
 
 
 def _manifest(tmp_path: Path, rows: list[dict]) -> str:
@@ -300,7 +300,7 @@ def _write_wavs(root: Path) -> None:
 
 
 def test_prepare_skips_nonfinite_wavs_naming_line_and_field_and_keeps_existing_output(tmp_path):
-    from data.prepare import PrepareError, main
+    from data.mini_omni.prepare import PrepareError, main
 
     audio = tmp_path / "audio"
     _write_wavs(audio)
@@ -326,7 +326,7 @@ def test_prepare_skips_nonfinite_wavs_naming_line_and_field_and_keeps_existing_o
 
 def test_prepare_crash_mid_run_keeps_existing_shards_and_names_the_line(tmp_path, monkeypatch):
     """A run that dies after writing complete shards (1 row per shard) leaves the old output as it was."""
-    import data.prepare as prepare
+    import data.mini_omni.prepare as prepare
 
     rows = [dict(id=f"t{i}", question_text=f"q{i}", answer_text="a") for i in range(4)]
     manifest, out = _manifest(tmp_path, rows), tmp_path / "out"

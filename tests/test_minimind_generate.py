@@ -320,7 +320,7 @@ def test_stream_stops_when_the_interrupt_event_is_set(tiny):
 
 # ------------------------------------------------------------------------------------------------ real speech
 def synth(tmp_path, text: str, voice: str = "en-us+m3") -> str:
-    from data.make_sample import Voice as TTSVoice, synthesize
+    from data.mini_omni.make_sample import Voice as TTSVoice, synthesize
 
     path = os.path.join(str(tmp_path), f"{abs(hash((text, voice)))}.wav")
     synthesize(TTSVoice("espeak-ng", voice), text, path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.collate import MiniOmniCollator
+from data.mini_omni.collate import MiniOmniCollator
 from omni.mini_omni.generate import MiniOmniDecoder, SamplingConfig, generate_batch_parallel
 from omni.mini_omni.layout import audio_prompt
 from omni.mini_omni.model import MiniOmni, MiniOmniConfig

@@ -1,4 +1,4 @@
-"""Data preparation (data/prepare.py, data/schema.py, data/audio.py) and the bundled sample. Hermetic, tiny codec."""
+"""Data preparation (data/prepare.py, data/mini_omni/prepare.py, data/mini_omni/schema.py, data/audio.py) and the bundled sample. Hermetic, tiny codec."""
 import glob
 import io
 import json
@@ -17,8 +17,8 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from data.audio import AudioDecodeError, decode_audio, encode_flac, encode_wav  # noqa: E402
-from data.codec import encode_frames, load_codec  # noqa: E402
-from data.prepare import (  # noqa: E402
+from data.mini_omni.codec import encode_frames, load_codec  # noqa: E402
+from data.mini_omni.prepare import (  # noqa: E402
     PrepareError,
     ShardWriter,
     convert_voiceassistant,
@@ -29,7 +29,7 @@ from data.prepare import (  # noqa: E402
     RowError,
     WRITE_SCHEMA,
 )
-from data.schema import SCHEMA, TASK_REQUIREMENTS, eligible_tasks, validate_table  # noqa: E402
+from data.mini_omni.schema import SCHEMA, TASK_REQUIREMENTS, eligible_tasks, validate_table  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "data", "sample")
@@ -91,7 +91,7 @@ def test_decode_audio_mixes_resamples_and_rejects_garbage():
 
 
 def test_shard_writer_rolls_shards_and_row_groups(tmp_path):
-    with ShardWriter(str(tmp_path), shard_rows=5, row_group_rows=2) as w:
+    with ShardWriter(str(tmp_path), shard_rows=5, row_group_rows=2, schema=WRITE_SCHEMA) as w:
         for i in range(12):
             w.add(make_row(id=str(i), question_text="q", answer_text="a"))
     paths = sorted(glob.glob(str(tmp_path / "shard-*.parquet")))

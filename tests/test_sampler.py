@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.sampler import TASK_ORDER, TokenBudgetBatchSampler, estimate_length, greedy_batches
+from data.mini_omni.lengths import TASK_ORDER, estimate_length
+from data.sampler import TokenBudgetBatchSampler, greedy_batches
 from omni.mini_omni.layout import build_example
 from omni.mini_omni.tokens import MiniOmniTokens
 
@@ -19,11 +20,12 @@ ASR, A1T2, TTS = (1 << TASK_ORDER.index(t) for t in ("asr", "a1t2", "tts"))
 
 @dataclass
 class FakeIndex:
-    """The three arrays the sampler reads (see data.dataset.ParquetIndex)."""
+    """What the sampler reads (see data.mini_omni.dataset.ParquetIndex): three arrays and the task vocabulary."""
 
     task_mask: np.ndarray
     group_id: np.ndarray
     lengths: np.ndarray
+    task_order: tuple[str, ...] = TASK_ORDER
 
 
 def make_index(n_audio: int = 400, n_tts: int = 200, rows_per_group: int = 20, seed: int = 0) -> FakeIndex:

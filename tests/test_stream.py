@@ -5,7 +5,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from data.codec import codec_sample_rate, decode_frames, load_codec
+from data.mini_omni.codec import codec_sample_rate, decode_frames, load_codec
 from omni.mini_omni.generate import SamplingConfig
 from omni.mini_omni.infer import MiniOmniInference
 from omni.mini_omni.layout import answer_grid, snac_to_frames

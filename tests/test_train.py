@@ -157,6 +157,6 @@ def test_wheel_ships_all_packages_and_sample(tmp_path):
     import zipfile
 
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
-    for required in ("omni/mini_omni/model.py", "data/datamodule.py", "callbacks/text_metrics.py",
+    for required in ("omni/mini_omni/model.py", "data/mini_omni/datamodule.py", "callbacks/text_metrics.py",
                      "omni/assets/tiny_tokenizer/tokenizer.json", "data/sample/train/shard-00000.parquet"):
         assert required in names, required

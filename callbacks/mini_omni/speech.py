@@ -32,7 +32,7 @@ class MiniOmniSpeech:
     @property
     def codec(self):
         if self._codec is None:
-            from data.codec import load_codec
+            from data.mini_omni.codec import load_codec
 
             self._codec = load_codec(self.codec_path, arch=self.codec_arch, seed=self.codec_seed)
         return self._codec
@@ -51,7 +51,7 @@ class MiniOmniSpeech:
             yield self.sample(example, task, sampling)
 
     def sample(self, example: dict, task: str, sampling: Any) -> SpeechSample:
-        from data.codec import codec_sample_rate, decode_frames
+        from data.mini_omni.codec import codec_sample_rate, decode_frames
 
         codec = self.codec
         sr = codec_sample_rate(codec)

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from data.make_sample import qa_items
+from data.mini_omni.make_sample import qa_items
 from data.minimind_o.schema import WRITE_SCHEMA
 from data.prepare import ShardWriter
 

@@ -48,9 +48,9 @@ class MiniMindODataModule(OmniDataModule):
         **loading: Any,
     ) -> None:
         """`loading`: the shared loader settings (max_tokens, max_batch_size, window_rows, cache_row_groups,
-        num_workers, seed, strict, pin_memory), see `OmniDataModule._init_loading`."""
-        self._init_loading(train, val, test, tokenizer_path, tasks or {"t2a": 1.0}, val_tasks, TASKS, max_len,
-                           **loading)
+        num_workers, seed, strict, pin_memory), see `data.datamodule.OmniDataModule.__init__`."""
+        super().__init__(train, val, test, tokenizer_path, tasks or {"t2a": 1.0}, val_tasks, TASKS, max_len,
+                         **loading)
         self.tokens = tokens if isinstance(tokens, MiniMindOTokens) else MiniMindOTokens(**dict(tokens or {}))
         self.audio_spec, self.vision_spec = _spec(AudioEncoderSpec, audio_encoder), _spec(VisionEncoderSpec, vision_encoder)
         self.spk_dim = int(spk_dim)
@@ -76,7 +76,7 @@ class MiniMindODataModule(OmniDataModule):
                                                 strict=self.strict)
 
     @property
-    def window_s(self) -> float:  # OmniDataModule API
+    def window_s(self) -> float:  # data.datamodule.OmniDataModule API
         return self.audio_spec.window_s
 
     def examples(self, split: str, task: str, n: int) -> list[dict[str, Any]]:

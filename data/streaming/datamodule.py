@@ -33,9 +33,9 @@ class StreamingDataModule(OmniDataModule):
         **loading: Any,
     ) -> None:
         """`loading`: the shared loader settings (max_tokens, max_batch_size, window_rows, cache_row_groups,
-        num_workers, seed, strict, pin_memory), see `OmniDataModule._init_loading`."""
-        self._init_loading(train, val, test, tokenizer_path, tasks or {"online": 1.0}, val_tasks, MODES, max_len,
-                           **loading)
+        num_workers, seed, strict, pin_memory), see `data.datamodule.OmniDataModule.__init__`."""
+        super().__init__(train, val, test, tokenizer_path, tasks or {"online": 1.0}, val_tasks, MODES, max_len,
+                         **loading)
         self.tokens = MiniOmni3Tokens.from_config(tokens)
         self.n_mels = int(n_mels)
         self.system_prompt = RELEASED_SYSTEM_PROMPT if system_prompt is None else str(system_prompt)
@@ -55,5 +55,5 @@ class StreamingDataModule(OmniDataModule):
                                                 cache_row_groups=self.cache_row_groups, strict=self.strict)
 
     @property
-    def window_s(self) -> float:  # OmniDataModule API; a streaming row has no encoder window
+    def window_s(self) -> float:  # data.datamodule.OmniDataModule API; a streaming row has no encoder window
         return float("inf")

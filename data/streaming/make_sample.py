@@ -1,7 +1,7 @@
 """Regenerate the bundled streaming sample (data/sample_streaming/): spoken questions separated by silence and
 background sounds, some needing no reply, in the streaming schema (data/streaming/schema.py).
 
-Voices, question/answer items and the TTS command are those of the spoken-QA sample (data/make_sample.py):
+Voices, question/answer items and the TTS command are those of the spoken-QA sample (data/mini_omni/make_sample.py):
 train sessions use its 6 train voices, val and test its held-out voices (never heard in train). Each session is
 one user voice and 3-4 turns after a lead of silence / ambient sound:
   question   a spoken QA item                       -> reply (its answer), emotion normal
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 from data.audio import decode_audio
-from data.make_sample import TEST_VOICES, TRAIN_VOICES, VAL_VOICES, Voice, qa_items, synthesize
+from data.mini_omni.make_sample import TEST_VOICES, TRAIN_VOICES, VAL_VOICES, Voice, qa_items, synthesize
 from data.streaming.builder import Turn, build_session, offline_row, session_row
 from data.streaming.schema import SCHEMA
 from omni.mini_omni3.encoder import SAMPLE_RATE

@@ -48,15 +48,15 @@ class MiniOmniDemo:
     @property
     def codec(self):
         if self._codec is None:
-            from data.codec import load_codec
+            from data.mini_omni.codec import load_codec
 
             o = self.ctx.codec_options("snac_24khz")
             self._codec = load_codec(o["codec_path"], arch=o["codec_arch"], seed=o["codec_seed"])
         return self._codec
 
     def example(self, wav: np.ndarray, image: bytes | None = None) -> tuple[dict, str]:
-        """16 kHz question (+ image bytes) -> (example dict as data.dataset.OmniDataset makes it, task)."""
-        from data.sampler import encoder_frames
+        """16 kHz question (+ image bytes) -> (example dict as data.mini_omni.dataset.OmniDataset makes it, task)."""
+        from data.mini_omni.lengths import encoder_frames
 
         feats = self.features(wav, sampling_rate=SAMPLE_RATE, return_tensors="np", padding="max_length",
                               max_length=self.n_samples, truncation=True)["input_features"][0]
@@ -82,7 +82,7 @@ class MiniOmniDemo:
 
     def answer(self, audio: Any, image: Any = None) -> Iterator[SpokenUpdate]:
         """The spoken question (path or (rate, samples)) and optional image path -> updates while generating."""
-        from data.codec import codec_sample_rate, decode_frames
+        from data.mini_omni.codec import codec_sample_rate, decode_frames
 
         wav = read_audio(audio, SAMPLE_RATE, self.ctx.demo, max_seconds=self.window_s,
                          limit_reason=f"the audio encoder's window is {self.window_s:g} s")

@@ -6,7 +6,7 @@ FAMILY = Family(
     title="Mini-Omni / Mini-Omni2",
     model="omni.mini_omni.model.MiniOmni",
     config="omni.mini_omni.model.MiniOmniConfig",
-    datamodule="data.datamodule.OmniDataModule",
+    datamodule="data.mini_omni.datamodule.MiniOmniDataModule",
     inference="omni.mini_omni.infer.MiniOmniInference",
     sampling="omni.mini_omni.generate.SamplingConfig",
     # the layout's tasks (omni/mini_omni/layout.py TASKS) that have a text reference; True: spoken answer
@@ -26,4 +26,5 @@ FAMILY = Family(
     demo="omni.mini_omni.demo",
     aux_prefixes=("audio_ctc.",),  # omni.mini_omni.model.AUX_PREFIXES: the CTC head trains only
     resolvers={"omni.image_tokens": "omni.mini_omni.vision.image_tokens"},
+    renamed={"data.datamodule.OmniDataModule": "data.mini_omni.datamodule.MiniOmniDataModule"},  # before data/mini_omni/
 )

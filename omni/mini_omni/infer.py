@@ -1,5 +1,5 @@
 """Mini-Omni inference on dataset examples: prompt building + decoding + detokenisation (used by eval and
-callbacks). An example is the dict produced by data.dataset.OmniDataset."""
+callbacks). An example is the dict produced by data.mini_omni.dataset.OmniDataset."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -115,6 +115,6 @@ class MiniOmniInference:
                decode_audio: Callable[[torch.Tensor], np.ndarray], stride: int = 4,
                batch_parallel: bool = True) -> Iterator[StreamEvent]:
         """(text piece, audio chunk) events of one example's spoken answer as decoding runs (see stream.py).
-        decode_audio: (n, 7) SNAC frames -> waveform, e.g. `partial(data.codec.decode_frames, codec)`."""
+        decode_audio: (n, 7) SNAC frames -> waveform, e.g. `partial(data.mini_omni.codec.decode_frames, codec)`."""
         columns = self.iter_columns(example, task, sampling, batch_parallel)
         return stream_events(self.tok, columns, self.decode_text, decode_audio, stride)

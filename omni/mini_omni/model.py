@@ -297,7 +297,7 @@ class MiniOmni(nn.Module):
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Loss over a collated batch (see data/collate.py for the batch legend). Logits are computed only at
+        """Loss over a collated batch (see data/mini_omni/collate.py for the batch legend). Logits are computed only at
         positions with a target, per row through its head slice (the 181k-way head dominates otherwise)."""
         audio = self.encode_audio(batch["audio_mels"]) if batch.get("audio_mels") is not None else None
         image = self.encode_image(batch["image_pixels"]) if batch.get("image_pixels") is not None else None

@@ -227,3 +227,10 @@ class OmniModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite = {"consecutive": 0, "skipped": 0, **checkpoint.get("omni_nonfinite", {})}
+        # Lightning restores the DataModule (next) from the key of its class name: a checkpoint written under an
+        # earlier name of that class (`state_keys_before`) resumes its loader position too
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        key = type(datamodule).__qualname__
+        for old in getattr(datamodule, "state_keys_before", ()):
+            if key not in checkpoint and old in checkpoint:
+                checkpoint[key] = checkpoint[old]

@@ -1,4 +1,4 @@
-"""Collation: example dicts (data.dataset.OmniDataset) -> one padded Mini-Omni batch. Pure: no I/O, no devices.
+"""Collation: example dicts (data.mini_omni.dataset.OmniDataset) -> one padded Mini-Omni batch. Pure: no I/O, no devices.
 
 Batch legend (B batch items, L longest sequence in the batch, B_a items with audio input, R = 8 rows =
 7 SNAC audio layers + text, n_mels mel bins, F mel frames of the encoder window):

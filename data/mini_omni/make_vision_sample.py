@@ -3,14 +3,14 @@
 Images are drawn with Pillow (a filled circle, square or triangle in one of six colours on a light background,
 two jittered variants per pair); questions are spoken by the same offline TTS voices as data/sample (train voices
 for train, held-out voices for val / test); answers are spoken once by the assistant voice and encoded to SNAC
-codes by `python -m data.prepare manifest` (the user data path, with its `image` manifest field). As in
+codes by `python -m data.mini_omni.prepare manifest` (the user data path, with its `image` manifest field). As in
 data/sample, the codes come from a RANDOM-weight SNAC 24 kHz (seed 0) unless `--codec` points at real weights.
 
 Rows: per image, one caption row (image + answer text; task `caption`) and spoken QA rows (image + question
 audio + answer text + answer codes; they serve `image_a1t2` and `image_a1a2`). Train uses variant 0 of every
 (shape, colour) pair, val and test use variant 1 with held-out voices (val: even pairs, test: odd pairs).
 
-    python -m data.make_vision_sample            # writes data/sample_vision/{train,val,test}
+    python -m data.mini_omni.make_vision_sample            # writes data/sample_vision/{train,val,test}
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from data.make_sample import (ANSWER_SR, ASSISTANT_VOICE, REPO, TEST_VOICES, TRAIN_VOICES, VAL_VOICES, Voice,
+from data.mini_omni.make_sample import (ANSWER_SR, ASSISTANT_VOICE, REPO, TEST_VOICES, TRAIN_VOICES, VAL_VOICES, Voice,
                               _slug, synthesize)
-from data.prepare import prepare_manifest
+from data.mini_omni.prepare import prepare_manifest
 
 DEFAULT_OUT = os.path.join(REPO, "data", "sample_vision")
 SIZE = 224
