@@ -130,6 +130,31 @@ def test_family_of_answers_for_models_helpers_and_datamodules_without_importing(
         family_of(nn.Linear(1, 1))
 
 
+def test_every_registered_family_is_in_the_import_contracts():
+    """A new family's folders are listed in pyproject's contracts (shared code may not import them)."""
+    from omni.families import registry
+
+    for name in registry():
+        for top in ("omni", "data", "callbacks"):
+            if (ROOT / top / name).is_dir():
+                assert f"{top}.{name}" in FAMILY_PACKAGES, f"add {top}.{name} to pyproject's forbidden_modules"
+
+
+def test_every_bundled_sample_and_asset_ships():
+    """package-data globs cover each family's sample folder and assets without naming the family."""
+    from setuptools import Distribution  # noqa: F401 - setuptools is a dependency
+    import fnmatch
+
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]
+    for package, patterns in (("data", globs["data"]), ("omni", globs["omni"])):
+        for path in (ROOT / package).rglob("*"):
+            rel = path.relative_to(ROOT / package).as_posix()
+            shipped = rel.startswith("sample") and (rel.endswith(".parquet") or rel.endswith(".md")) or \
+                "/assets/" in f"/{rel}" and path.is_file()
+            if shipped and "__pycache__" not in rel:
+                assert any(fnmatch.fnmatch(rel, pat.replace("**/", "*")) for pat in patterns), rel
+
+
 # -- FSDP / activation checkpointing wrap list -----------------------------------------------------------------
 def _blocks(model: nn.Module) -> set[type]:
     """Classes of the repeated blocks of a model: the members of its ModuleLists whose class is a *Layer."""
