@@ -71,6 +71,7 @@ def register_resolvers() -> None:
         "omni.precision": best_precision,
         "omni.wandb_offline": wandb_offline,
         "omni.required": required,
+        "omni.max": lambda *values: max(values),
     }
     from omni.families import resolvers as family_resolvers
 
