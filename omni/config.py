@@ -240,8 +240,9 @@ def validate_target_node(node: dict, key: str, errors: list[str]) -> None:
         errors.append(f"{key}._target_: cannot import {node['_target_']!r} ({e})")
         return
     hints = _annotations(target)
-    if isinstance(target, type) and "loading" in hints:  # **loading of the data modules: their shared loader keys
-        hints = {**_annotations(getattr(target, "_init_loading", None)), **hints}
+    if isinstance(target, type) and "loading" in hints:  # **loading of the data modules: the shared loader keys
+        base = next((c for c in target.__mro__[1:] if "__init__" in vars(c)), None)  # of the base they pass it to
+        hints = {**_annotations(getattr(base, "__init__", None)), **hints}
     _check_fields(node, hints, key, errors)
 
 
