@@ -104,7 +104,8 @@ def prepare(command: str, work: Path) -> list[str]:
     if "resume_dir=logs/train/runs/<t>" in command:
         run_dir = newest(work / "logs", "**/checkpoints/multimodal/last.ckpt").parents[2]
         command = command.replace("resume_dir=logs/train/runs/<t>", f"resume_dir={run_dir}")
-    command = command.replace("<that ckpt>", str(newest(work / "logs", "**/checkpoints/streaming/last.ckpt")))
+    if "<that ckpt>" in command:
+        command = command.replace("<that ckpt>", str(newest(work / "logs", "**/checkpoints/streaming/last.ckpt")))
     for token in re.findall(r"\S*<[^>]+>\S*", command):
         match = re.fullmatch(r"(\w+=)?\S*/checkpoints/([\w-]+)/last\.ckpt", token)
         assert match, f"no rule fills the placeholder in {token!r}"
@@ -114,7 +115,7 @@ def prepare(command: str, work: Path) -> list[str]:
     script = words[1]
     argv = [sys.executable, str(ROOT / script), *words[2:]]
     if script == "train.py":
-        argv.append("debug=fast")
+        argv += [] if "debug=fast" in words else ["debug=fast"]
     elif "mode=session" not in words:
         argv.append(EVAL_ROWS)
     return argv
