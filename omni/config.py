@@ -44,6 +44,38 @@ def required(*, _node_: Any = None) -> Any:
     raise ValueError(f"{key} is required: set it on the command line ({key}=<your files or folder>)")
 
 
+SLURM_LAUNCHER = "SlurmLauncher"  # hydra-submitit-launcher's class (hydra/launcher=slurm, conf/hydra/launcher/)
+_NO_DEFAULT = object()
+
+
+def launcher_value(key: str, default: Any = _NO_DEFAULT) -> Any:
+    """`${omni.launcher:nodes,1}`: under Hydra's submitit SLURM launcher, that launcher's value (trainer=ddp takes
+    devices = tasks_per_node and num_nodes = nodes from hydra/launcher=slurm, as Lightning's SLURMEnvironment
+    requires); under any other launcher, `default`. Fails naming the key when a SLURM launcher lacks it or when the
+    run is not a multirun (a launcher submits only with -m; without it the cluster's sizes would start here)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():  # a stored config read outside a Hydra run (eval, tests): no launcher
+        launcher, target = None, ""
+    else:
+        hydra_cfg = HydraConfig.get()
+        launcher = hydra_cfg.launcher
+        target = str(launcher.get("_target_", ""))
+    if target.rpartition(".")[2] != SLURM_LAUNCHER:
+        if default is _NO_DEFAULT:
+            raise ValueError(f"hydra.launcher.{key} is read from a SLURM launcher, but the launcher is {target!r}: "
+                             f"use python train.py -m hydra/launcher=slurm ...")
+        return default
+    value = OmegaConf.select(launcher, key, default=None)
+    if value is None:
+        raise ValueError(f"hydra.launcher.{key} is not set by the SLURM launcher {target!r}")
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        raise ValueError(f"hydra.launcher.{key}={value} is read in a single run (hydra.mode={hydra_cfg.mode}): "
+                         f"the launcher submits only a multirun, add -m (python train.py -m hydra/launcher=slurm ...)")
+    return value
+
+
 def load_group_config(path: str | Path) -> Any:
     """A config-group file (e.g. conf/model/mini_omni_tiny.yaml) as Hydra composes it on its own: the configs of
     its defaults list from the same group merged in order (`_self_` where listed, else last), `defaults` dropped;
@@ -72,6 +104,7 @@ def register_resolvers() -> None:
         "omni.wandb_offline": wandb_offline,
         "omni.required": required,
         "omni.max": lambda *values: max(values),
+        "omni.launcher": launcher_value,
     }
     from omni.families import resolvers as family_resolvers
 
