@@ -3,7 +3,9 @@
 - `text_scores`: CER/WER of the generated text against the reference, overall and per length bucket.
 - `intelligibility`: ASR of the generated speech, CER/WER against the model's own text (`asr_cer_text`:
   does the speech say what the text says?) and against the reference (`asr_cer_ref`), corpus level; a sample
-  with no speech transcribes to "" (all deletions).
+  with no speech transcribes to "" (all deletions). Both sides go through `normalize_spoken` (Whisper's English
+  normaliser: "7" / "seven", "colour" / "color" score as equal) before the usual CER normaliser; length buckets
+  stay those of the raw reference, as in `text_scores` (whose text CER keeps `normalize_text` alone).
 - `speaker_similarity`: cosine between the speaker embeddings of the generated speech and of the reference voice;
   mean overall (`sim`), over seen / unseen voices (`sim_seen`, `sim_unseen`) and per speaker (`sim/<speaker>`).
 - `quality`: MOS predictor over the generated speech: mean of each score (`mos`, `mos_sig`, ...).
@@ -17,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from callbacks.metrics import bucketed_error_rates, error_rates
+from callbacks.metrics import LENGTH_BUCKETS, OVER_BUCKET, bucketed_error_rates, error_rates, length_bucket
+from callbacks.normalize import normalize_spoken
 from callbacks.speech.sample import SpeechSample
 from callbacks.speech.speaker import cosine
 
@@ -44,14 +47,25 @@ def text_scores(samples: Sequence[SpeechSample]) -> tuple[dict[str, float], Rows
 
 def intelligibility(samples: Sequence[SpeechSample], asr: Any) -> tuple[dict[str, float], Rows]:
     heard = [asr.transcribe(s.audio, s.sample_rate) if s.audio is not None else "" for s in samples]
-    vs_text = error_rates([s.text for s in samples], heard)
-    vs_ref = error_rates([s.reference_text for s in samples], heard)
+    spoken = [normalize_spoken(h) for h in heard]
+    said = [normalize_spoken(s.text) for s in samples]
+    refs = [normalize_spoken(s.reference_text) for s in samples]
+    vs_text = error_rates(said, spoken)
+    vs_ref = error_rates(refs, spoken)
     metrics = {"asr_cer_text": vs_text["cer"], "asr_wer_text": vs_text["wer"],
                "asr_cer_ref": vs_ref["cer"], "asr_wer_ref": vs_ref["wer"]}
-    for bucket, r in bucketed_error_rates([s.reference_text for s in samples], heard).items():
-        metrics[f"asr_cer_ref_{bucket}"] = r["cer"]
-    rows = {s.id: {"asr_text": h, "asr_cer_text": error_rates([s.text], [h])["cer"],
-                   "asr_cer_ref": error_rates([s.reference_text], [h])["cer"]} for s, h in zip(samples, heard)}
+    groups: dict[str, list[int]] = defaultdict(list)  # bucket of the raw reference (the same as text_scores')
+    for i, s in enumerate(samples):
+        bucket = length_bucket(s.reference_text)
+        if bucket is not None:
+            groups[bucket].append(i)
+    for bucket in [name for name, _, _ in LENGTH_BUCKETS] + [OVER_BUCKET]:
+        if bucket in groups:
+            r = error_rates([refs[i] for i in groups[bucket]], [spoken[i] for i in groups[bucket]])
+            metrics[f"asr_cer_ref_{bucket}"] = r["cer"]
+    rows = {s.id: {"asr_text": h, "asr_cer_text": error_rates([t], [n])["cer"],
+                   "asr_cer_ref": error_rates([r], [n])["cer"]}
+            for s, h, n, t, r in zip(samples, heard, spoken, said, refs)}
     return metrics, rows
 
 
