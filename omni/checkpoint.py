@@ -143,7 +143,8 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     released format (a folder or a released weights file): the model's family importer (`omni.families.
     release_importer`) is asked first and takes every format its converter CLI reads, checking what the release
     says about itself (its model_config.yaml / config.json) against the model's config. Anything it does not
-    recognise is read as a Lightning checkpoint or a bare state dict of our own names."""
+    recognise is read as a Lightning checkpoint or a bare state dict of our own names (a LoRA run's checkpoint:
+    its adapters are merged into the base weights, omni/lora.py)."""
     from omni.families import release_importer
 
     path = local_checkpoint_path(path, "init_from")
@@ -158,8 +159,14 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
                          f"({type(model).__name__})")
     from omni.families import aux_prefixes
 
-    state = model_state_dict(read_checkpoint(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    ckpt = read_checkpoint(path)
+    state = model_state_dict(ckpt)
+    from omni import lora
+
+    if lora.state_has_adapters(state) and not lora.has_lora(model):  # a LoRA run's checkpoint: merged in
+        missing, unexpected = lora.load_merged(model, ckpt, state, path, strict=False)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     # a training-only head of the family (e.g. Mini-Omni's CTC head) may be on either side: starts fresh / dropped
     aux = aux_prefixes(model)
     missing, unexpected = ([k for k in keys if not (aux and k.startswith(aux))] for keys in (missing, unexpected))
@@ -171,7 +178,8 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
 
 def load_for_eval(ckpt_path: str | Path):
     """-> (model in eval mode, run config dict) from a checkpoint written by train.py: the model is rebuilt from
-    the checkpoint's own stored config (allow-listed classes only, omni.families), then its weights loaded."""
+    the checkpoint's own stored config (allow-listed classes only, omni.families), then its weights loaded (a LoRA
+    run's adapters merged into the base weights: the model returned is a plain one, omni/lora.py)."""
     from omni.families import model_from_stored_config
 
     ckpt = read_checkpoint(ckpt_path)
@@ -179,5 +187,11 @@ def load_for_eval(ckpt_path: str | Path):
     if not run_cfg:
         raise ValueError(f"{ckpt_path}: no `omni_config` in this checkpoint; was it written by train.py?")
     model = model_from_stored_config(run_cfg, ckpt_path)
-    model.load_state_dict(model_state_dict(ckpt))
+    state = model_state_dict(ckpt)
+    from omni import lora
+
+    if lora.state_has_adapters(state):  # a LoRA run: adapters merged into the base weights (omni/lora.py)
+        lora.load_merged(model, ckpt, state, ckpt_path)
+    else:
+        model.load_state_dict(state)
     return model.eval(), run_cfg

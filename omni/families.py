@@ -117,6 +117,15 @@ def aux_prefixes(model: nn.Module) -> tuple[str, ...]:
         return ()
 
 
+def lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """The model's family default LoRA targets (module-name globs of its LLM / Thinker; omni/lora.py); ()
+    outside the registry (then `lora.targets` must be set)."""
+    try:
+        return tuple(family_of(model).lora_targets)
+    except TypeError:
+        return ()
+
+
 def resolvers() -> dict[str, Any]:
     """The OmegaConf resolvers the families' configs use: {name: function}, each imported at its first call."""
     def lazy(path: str):

@@ -62,6 +62,8 @@ class Family:
     resolvers: Mapping[str, str] = field(default_factory=dict)  # OmegaConf resolvers its configs use: name -> fn
     renamed: Mapping[str, str] = field(default_factory=dict)    # old stored `_target_` -> the class it is now
                                                                 # (checkpoints written before a move still load)
+    lora_targets: tuple[str, ...] = ()  # `lora=` default: fnmatch globs over module names of the LLM / Thinker
+                                        # Linear layers PEFT LoRA wraps when `lora.targets` is null (omni/lora.py)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.text_metric_tasks) - set(self.tasks))

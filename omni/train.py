@@ -37,6 +37,7 @@ def build_module(cfg: DictConfig, init_from: str | None):
         init_from=init_from,
         run_config=OmegaConf.to_container(cfg, resolve=True),
         max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
+        lora=OmegaConf.to_container(cfg.lora, resolve=True) if cfg.get("lora") else None,  # conf/lora/
     )
 
 

@@ -636,12 +636,16 @@ def load_litgpt_into(model: MiniOmni, folder: str | Path, *, skip_vision: bool =
     return cfg
 
 
-def export_litgpt(model: MiniOmni, folder: str | Path, name: str = "mini-omni") -> Path:
+def export_litgpt(model: MiniOmni, folder: str | Path, name: str = "mini-omni", *, merge_lora: bool = True) -> Path:
     """Write lit_model.pth (a plain dict of tensors), model_config.yaml and tokenizer files (when the model's
-    tokenizer_path is a folder). The Whisper encoder is not written, as in the released format."""
+    tokenizer_path is a folder). The Whisper encoder is not written, as in the released format. LoRA adapters
+    (lora=) are merged into the weights written; merge_lora=False: base weights + lora_adapters.safetensors."""
     import yaml
 
+    from omni.lora import prepare_export
+
     folder = Path(folder)
+    model = prepare_export(model, merge_lora, folder / "lora_adapters.safetensors")
     folder.mkdir(parents=True, exist_ok=True)
     lc = litgpt_config_from_model(model)
     torch.save(omni_to_litgpt(model.state_dict(), lc), folder / LIT_WEIGHTS)
@@ -664,14 +668,19 @@ def token_table(tok: MiniOmniTokens) -> dict[str, Any]:
     )
 
 
-def export_hf(model: MiniOmni, folder: str | Path, *, include_encoder: bool | None = None) -> Path:
+def export_hf(model: MiniOmni, folder: str | Path, *, include_encoder: bool | None = None,
+              merge_lora: bool = True) -> Path:
     """Write `backbone/` (save_pretrained, safetensors; tokenizer files too when known), omni_extra.safetensors
     (audio_adapter.*, vision_adapter.*, tts_adapter.*, audio_ctc.*, plus audio_encoder.* when `include_encoder` -
     default: when the model has no whisper_path - and vision_encoder.* when the model has no vision_path)
-    and omni_config.json. Paths inside the folder are stored relative to it."""
+    and omni_config.json. Paths inside the folder are stored relative to it. LoRA adapters (lora=) are merged
+    into the weights written; merge_lora=False: base weights + lora_adapters.safetensors."""
     from safetensors.torch import save_file
 
+    from omni.lora import prepare_export
+
     folder = Path(folder)
+    model = prepare_export(model, merge_lora, folder / "lora_adapters.safetensors")
     (folder / HF_BACKBONE).mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     model.backbone.save_pretrained(str(folder / HF_BACKBONE))

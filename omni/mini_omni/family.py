@@ -27,4 +27,6 @@ FAMILY = Family(
     aux_prefixes=("audio_ctc.",),  # omni.mini_omni.model.AUX_PREFIXES: the CTC head trains only
     resolvers={"omni.image_tokens": "omni.mini_omni.vision.image_tokens"},
     renamed={"data.datamodule.OmniDataModule": "data.mini_omni.datamodule.MiniOmniDataModule"},  # before data/mini_omni/
+    # lora=: every Linear of the Qwen2 LLM's blocks (not the TTS adapter's, not the head / embeddings)
+    lora_targets=("backbone.model.layers.*.self_attn.[qkvo]_proj", "backbone.model.layers.*.mlp.*_proj"),
 )

@@ -21,4 +21,6 @@ FAMILY = Family(
     converter="omni.mini_omni3.convert",
     demo="omni.mini_omni3.demo",
     eval_modes={"session": "omni.mini_omni3.replay.eval_session"},
+    # lora=: every Linear of the Qwen2 LLM's blocks (not the audio tower / projector)
+    lora_targets=("backbone.model.layers.*.self_attn.[qkvo]_proj", "backbone.model.layers.*.mlp.*_proj"),
 )

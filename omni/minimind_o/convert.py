@@ -247,8 +247,13 @@ def load_released_into(model: MiniMindO, path: str | Path, state: dict | None = 
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def export_pth(model: MiniMindO, path: str | Path, dtype: torch.dtype | None = torch.float16) -> Path:
-    """Released `.pth` layout (fp16 by default, as released; dtype=None keeps the model's)."""
+def export_pth(model: MiniMindO, path: str | Path, dtype: torch.dtype | None = torch.float16, *,
+               merge_lora: bool = True) -> Path:
+    """Released `.pth` layout (fp16 by default, as released; dtype=None keeps the model's). LoRA adapters (lora=)
+    are merged into the weights written; merge_lora=False: base weights + `<name>.lora_adapters.safetensors`."""
+    from omni.lora import prepare_export
+
+    model = prepare_export(model, merge_lora, Path(path).with_suffix(".lora_adapters.safetensors"))
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).clone()
              for k, v in to_released(model.state_dict()).items()}
     state["lm_head.weight"] = state["model.embed_tokens.weight"]
@@ -258,12 +263,17 @@ def export_pth(model: MiniMindO, path: str | Path, dtype: torch.dtype | None = t
     return path
 
 
-def export_hf(model: MiniMindO, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+def export_hf(model: MiniMindO, folder: str | Path, dtype: torch.dtype | None = None, *,
+              merge_lora: bool = True) -> Path:
     """Transformers-format folder: config.json (released-style keys + our config) + model.safetensors in the
-    released names (tied head stored once), and thinker/ (a Qwen3ForCausalLM `save_pretrained` folder)."""
+    released names (tied head stored once), and thinker/ (a Qwen3ForCausalLM `save_pretrained` folder). LoRA
+    adapters (lora=) are merged into the weights written; merge_lora=False: base + lora_adapters.safetensors."""
     from safetensors.torch import save_file
 
+    from omni.lora import prepare_export
+
     folder = Path(folder)
+    model = prepare_export(model, merge_lora, folder / "lora_adapters.safetensors")
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().clone()
              for k, v in to_released(model.state_dict()).items() if k != "lm_head.weight"}

@@ -21,4 +21,6 @@ FAMILY = Family(
     importer="omni.minimind_o.convert",
     converter="omni.minimind_o.convert",
     demo="omni.minimind_o.demo",
+    # lora=: every Linear of the Thinker's blocks (MoE experts included; not the Talker, projectors, tied head)
+    lora_targets=("thinker.model.layers.*.self_attn.[qkvo]_proj", "thinker.model.layers.*.mlp.*_proj"),
 )

@@ -15,6 +15,8 @@ from lightning import LightningModule
 from torch import nn
 
 from omni.checkpoint import load_model_weights
+from omni.lora import BASE_FROZEN, apply_lora, trainable_with_lora
+from omni.lora import settings as lora_settings
 from omni.stages.freeze import apply_trainable, frozen_modules_eval
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class OmniModule(LightningModule):
         init_from: str | None = None,
         run_config: dict | None = None,
         max_nonfinite_steps: int = 10,
+        lora: Any = None,
     ) -> None:
         super().__init__()
         if type(max_nonfinite_steps) is not int or max_nonfinite_steps < 1:
@@ -95,10 +98,20 @@ class OmniModule(LightningModule):
         self._window_nonfinite_loss = False
         self._update_ids: list[str] = []
         self.nonfinite = {"consecutive": 0, "skipped": 0}
-        if init_from:
+        if init_from:  # before LoRA: a plain checkpoint loads as is, a LoRA one is merged (omni/lora.py)
             load_model_weights(self.model, init_from)
-        self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable,
-                                            self.stage.frozen)
+        # `lora=`: PEFT adapters on the family's LLM / Thinker; they train in addition to the stage's patterns, the
+        # base weights they wrap stay frozen unless a `!glob` in stage.frozen keeps them (omni/lora.py)
+        self.lora = lora_settings(lora)
+        frozen = self.stage.frozen
+        if self.lora is not None:
+            from omni.families import lora_targets
+
+            apply_lora(self.model, self.lora, lora_targets(self.model))
+            frozen = [*frozen, BASE_FROZEN]
+        self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable, frozen)
+        if self.lora is not None:
+            self.param_counts = trainable_with_lora(self.model)
 
     # -- steps -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -134,7 +147,9 @@ class OmniModule(LightningModule):
         if self.trainer.is_global_zero:
             c = self.param_counts
             print(f"[stage {self.stage.name}] trainable {c['trainable']:,} / {c['total']:,} parameters "
-                  f"({100 * c['trainable'] / max(c['total'], 1):.1f}%): {self.stage.trainable}")
+                  f"({100 * c['trainable'] / max(c['total'], 1):.1f}%): {self.stage.trainable}"
+                  + (f" + LoRA r={self.lora.r} ({c['lora']:,} adapter parameters; wrapped weights frozen)"
+                     if self.lora is not None else ""))
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _log_step(self, split: str, out: dict, batch: dict) -> None:
@@ -224,6 +239,10 @@ class OmniModule(LightningModule):
         checkpoint["omni_config"] = self.run_config
         checkpoint["omni_stage"] = self.stage.name
         checkpoint["omni_nonfinite"] = dict(self.nonfinite)
+        if self.lora is not None:  # what init_from= / load_for_eval need to rebuild and merge the adapters
+            from omni.lora import CHECKPOINT_KEY, checkpoint_entry
+
+            checkpoint[CHECKPOINT_KEY] = checkpoint_entry(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite = {"consecutive": 0, "skipped": 0, **checkpoint.get("omni_nonfinite", {})}
