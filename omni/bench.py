@@ -101,6 +101,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
         "model": (cfg.model.cfg.get("backbone") or cfg.model.cfg.get("thinker") or {}).get("hidden_size"),
         "stage": cfg.stage.name, "dtype": b.dtype,
         "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": module.param_counts["trainable"],  # the stage's patterns (+ LoRA adapters, lora=)
+        "lora_params": module.param_counts.get("lora", 0),
         "batch_items": round(sum(len(x["ids"]) for x in timed) / len(timed), 2),
         "max_seq_len": max(int(x["input_ids"].shape[-1]) for x in timed),
         "steps": len(timed), "tokens": tokens, "padding_fraction": round(1 - tokens / max(padded, 1), 4),
