@@ -112,7 +112,10 @@ def test_callbacks_rich_draws_with_rich(compose):
     import hydra
     from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar, TQDMProgressBar
 
+    from omni.config import validate_config
+
     rich = compose("callbacks=rich")
+    validate_config(rich)  # RichProgressBar / RichModelSummary arguments pass the typed check
     assert isinstance(hydra.utils.instantiate(rich.callbacks.progress_bar), RichProgressBar)
     assert isinstance(hydra.utils.instantiate(rich.callbacks.model_summary), RichModelSummary)
     assert set(compose().callbacks) | {"model_summary"} == set(rich.callbacks)  # the rest of `default` kept

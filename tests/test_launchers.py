@@ -15,8 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
-from omni.config import register_resolvers
+from omni.config import register_resolvers, validate_config
 from tests.conftest import CONF, ROOT
 
 torch.set_num_threads(1)
@@ -69,15 +70,17 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:The `srun` command is available")  # the stub srun on PATH, not used here
 @pytest.mark.parametrize("overrides,sbatch,trainer", CASES)
 def test_slurm_launcher_submits_what_lightning_expects(tmp_path, monkeypatch, overrides, sbatch, trainer):
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     submitted = stub_slurm(tmp_path, monkeypatch)
     cfg = compose_with_hydra(["hydra/launcher=slurm", "trainer=ddp", "hydra.mode=MULTIRUN",
-                              f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
+                              f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.output_dir={tmp_path}", *overrides])
     assert cfg.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert {"devices": cfg.trainer.devices, "num_nodes": cfg.trainer.num_nodes} == trainer
+    validate_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))  # the typed check at start
     submit(cfg, monkeypatch)
     text = submitted.read_text()
     options = sbatch_options(text)
