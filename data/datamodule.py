@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data.dataset import RowIndex
+from data.packing import PackingCollator
 from data.sampler import TokenBudgetBatchSampler, resolve_task_weights
 
 class ResumableDataLoader(DataLoader):
@@ -66,7 +67,7 @@ class OmniDataModule(LightningDataModule):
                  val_tasks: Mapping[str, float] | None, valid_tasks: tuple[str, ...], max_len: int, *,
                  max_tokens: int = 16384, max_batch_size: int | None = None, window_rows: int = 1000,
                  cache_row_groups: int = 4, num_workers: int = 0, seed: int = 0, strict: bool = False,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, packing: bool = False) -> None:
         """What every family's DataModule sets before its own fields (each family's `__init__` calls this first):
         the splits, the tokenizer folder, the train / val task mixes (checked against `valid_tasks`, the family's
         task vocabulary), the token budget, the loader settings and the empty index / dataset / resume state.
@@ -85,6 +86,18 @@ class OmniDataModule(LightningDataModule):
         self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
         self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
         self.pin_memory = bool(pin_memory)
+        # packing (data/packing.py): train batches hold several rows per sequence of max_len positions; the family's
+        # `packer` hook (its registry entry) lays its batch out; a family without one is refused here, at start
+        self.packing = bool(packing)
+        self._packer: Any = None
+        if self.packing:
+            from omni.families import family_of
+
+            family = family_of(self)
+            if family.packer is None:
+                raise ValueError(f"data.packing=true: {family.title} ({type(self).__name__}) has no packer "
+                                 f"(Family.packer is None); set data.packing=false")
+            self._packer = family.load("packer")
         self.indexes: dict[str, RowIndex] = {}
         self.datasets: dict[str, Any] = {}
         self._tokenizer: Any = None
@@ -135,8 +148,12 @@ class OmniDataModule(LightningDataModule):
         dataset = self._dataset("train")
         rank, world = self._rank_world()
         sampler = TokenBudgetBatchSampler(dataset.index, self.tasks, self.max_tokens, self.max_batch_size,
-                                          self.window_rows, seed=self.seed, rank=rank, world_size=world)
-        loader = ResumableDataLoader(dataset, sampler, **self._loader_kwargs())
+                                          self.window_rows, seed=self.seed, rank=rank, world_size=world,
+                                          pack_len=self.max_len if self.packing else None)
+        kwargs = self._loader_kwargs()
+        if self.packing:  # train batches only: evaluation keeps one row per sequence
+            kwargs["collate_fn"] = PackingCollator(self.collator, self._packer, self.max_len)
+        loader = ResumableDataLoader(dataset, sampler, **kwargs)
         if self._pending_train_state is not None:  # restored from a checkpoint before this loader existed
             loader.load_state_dict(self._pending_train_state)
             self._pending_train_state = None

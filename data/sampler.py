@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from data.packing import ffd_bins
+
 def resolve_task_weights(tasks: Mapping[str, float] | None, valid: tuple[str, ...]) -> dict[str, float]:
     """Validated {task: weight > 0}; weight-0 tasks dropped. Unknown names -> ValueError listing valid tasks."""
     tasks = dict(tasks or {})
@@ -79,6 +81,7 @@ class TokenBudgetBatchSampler:
         epoch_size: int | None = None,
         fixed_length: bool = True,
         drop_uneven: bool = True,
+        pack_len: int | None = None,
     ) -> None:
         if mix not in ("weighted", "all"):
             raise ValueError(f"mix must be 'weighted' or 'all', got {mix!r}")
@@ -92,6 +95,10 @@ class TokenBudgetBatchSampler:
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.shuffle, self.mix, self.epoch_size = shuffle, mix, epoch_size
         self.fixed_length, self.drop_uneven = fixed_length, drop_uneven
+        # packing (data.packing=true): bins of <= pack_len estimated positions, max_tokens // pack_len bins a batch
+        self.pack_len = None if pack_len is None else int(pack_len)
+        if self.pack_len is not None and not 0 < self.pack_len <= self.max_tokens:
+            raise ValueError(f"pack_len {pack_len} must be in (0, max_tokens={self.max_tokens}]")
         self.epoch, self._resume_offset, self._yielded = 0, 0, 0
         self._plans: dict[int, list[np.ndarray]] = {}  # epoch -> global batches (cache of the last two epochs)
         self._target: int | None = None
@@ -169,13 +176,25 @@ class TokenBudgetBatchSampler:
         batches: list[np.ndarray] = []
         for w0 in range(0, len(pairs), self.window_rows):
             win, wlen = pairs[w0 : w0 + self.window_rows], lengths[w0 : w0 + self.window_rows]
-            by_len = np.argsort(wlen, kind="stable")
-            spans = greedy_batches(wlen[by_len], self.max_tokens, self.max_batch_size)
-            window_batches = [win[by_len[a:b]] for a, b in spans]
+            if self.pack_len is not None:
+                window_batches = self._packed_batches(win, wlen)
+            else:
+                by_len = np.argsort(wlen, kind="stable")
+                spans = greedy_batches(wlen[by_len], self.max_tokens, self.max_batch_size)
+                window_batches = [win[by_len[a:b]] for a, b in spans]
             if self.shuffle:
                 window_batches = [window_batches[i] for i in rng.permutation(len(window_batches))]
             batches.extend(window_batches)
         return batches
+
+    def _packed_batches(self, win: np.ndarray, wlen: np.ndarray) -> list[np.ndarray]:
+        """Packing: the window's pairs in first-fit-decreasing bins of <= pack_len positions, max_tokens // pack_len
+        bins (at most max_batch_size) per batch, items bin after bin (data/packing.py re-packs them in this order)."""
+        bins = ffd_bins(wlen, self.pack_len)
+        per = max(1, self.max_tokens // self.pack_len)
+        if self.max_batch_size is not None:
+            per = min(per, self.max_batch_size)
+        return [win[np.concatenate(bins[j : j + per])] for j in range(0, len(bins), per)]
 
     def _task_rows(self) -> dict[str, np.ndarray]:
         mask = np.asarray(self.index.task_mask)

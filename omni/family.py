@@ -62,8 +62,12 @@ class Family:
     resolvers: Mapping[str, str] = field(default_factory=dict)  # OmegaConf resolvers its configs use: name -> fn
     renamed: Mapping[str, str] = field(default_factory=dict)    # old stored `_target_` -> the class it is now
                                                                 # (checkpoints written before a move still load)
+    packer: str | None = None     # `pack(batch, plan: data.packing.PackPlan) -> batch`: the family's padded batch laid
+                                  # out packed (data.packing=true; None: the family cannot pack, refused at start)
     lora_targets: tuple[str, ...] = ()  # `lora=` default: fnmatch globs over module names of the LLM / Thinker
                                         # Linear layers PEFT LoRA wraps when `lora.targets` is null (omni/lora.py)
+    hf_schemas: str | None = None  # module with `SCHEMAS = {name: data.hf.HFSchema}`: the published Hugging Face
+                                   # dataset schemas its data reads with `data.source=hf` (data/hf.py)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.text_metric_tasks) - set(self.tasks))

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from data.packing import padding_column
 from omni.mini_omni.layout import IMAGE_TOKENS, build_example
 from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
 
@@ -119,3 +120,17 @@ class MiniOmniCollator:
 
 def _answer_text(example: dict[str, Any]) -> str | None:
     return example.get("question_text") if example["task"] == "asr" else example.get("answer_text")
+
+
+def pack(batch: dict[str, Any], plan) -> dict[str, Any]:
+    """Family packing hook (registry `packer`, data/packing.py): the padded batch's grids laid end to end by `plan`
+    (a `data.packing.PackPlan`); audio / image features keep their item order, their `*_index` become the
+    sequence and their `*_start` the position inside it. Per-item lists and lengths stay per item."""
+    ids = batch["input_ids"]
+    pad = padding_column(ids, batch["attention_mask"])
+    out = {**batch, "input_ids": plan.grid(ids, pad), "targets": plan.grid(batch["targets"], IGNORE)}
+    for kind in ("audio", "image"):
+        index = batch[f"{kind}_index"]
+        out[f"{kind}_start"] = batch[f"{kind}_start"] + plan.item_offset(index)
+        out[f"{kind}_index"] = plan.item_seq(index)
+    return out

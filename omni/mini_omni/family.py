@@ -26,7 +26,9 @@ FAMILY = Family(
     demo="omni.mini_omni.demo",
     aux_prefixes=("audio_ctc.",),  # omni.mini_omni.model.AUX_PREFIXES: the CTC head trains only
     resolvers={"omni.image_tokens": "omni.mini_omni.vision.image_tokens"},
+    packer="data.mini_omni.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
     renamed={"data.datamodule.OmniDataModule": "data.mini_omni.datamodule.MiniOmniDataModule"},  # before data/mini_omni/
     # lora=: every Linear of the Qwen2 LLM's blocks (not the TTS adapter's, not the head / embeddings)
     lora_targets=("backbone.model.layers.*.self_attn.[qkvo]_proj", "backbone.model.layers.*.mlp.*_proj"),
+    hf_schemas="data.mini_omni.hf",  # data.source=hf: the published schemas it reads (data/hf.py)
 )

@@ -15,6 +15,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from omni.mini_omni.tokens import IGNORE, MiniOmniTokens
+from omni.packing import attention_inputs
 from omni.mini_omni.vision import VisionTower, check_arch, n_image_tokens
 
 
@@ -265,16 +266,16 @@ class MiniOmni(nn.Module):
     @staticmethod
     def _inject(rows: torch.Tensor, feats: torch.Tensor, index: torch.Tensor, start: torch.Tensor,
                 length: torch.Tensor) -> torch.Tensor:
-        """rows (B, L, D) with feats (B_f, T_max, D) written at [start, start + length) of items `index`."""
-        L, t_max = rows.shape[1], feats.shape[1]
+        """rows (B, L, D) with feats (B_f, T_max, D) written at [start, start + length) of items `index` (several
+        features may go to one sequence: a packed batch, data/packing.py; their spans never overlap)."""
+        B, L, D = rows.shape
+        t_max = feats.shape[1]
         if bool((length > t_max).any()):
             raise ValueError(f"layout wants {int(length.max())} feature slots but the encoder gave {t_max}")
-        pos = torch.arange(L, device=rows.device)  # (L,)
-        rel = pos.view(1, -1) - start.view(-1, 1)  # (B_f, L) offset into the features
-        inside = (rel >= 0) & (rel < length.view(-1, 1))  # (B_f, L)
-        gathered = torch.gather(feats, 1, rel.clamp(0, t_max - 1).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
-        injected = torch.where(inside.unsqueeze(-1), gathered.to(rows.dtype), rows[index])
-        return rows.index_copy(0, index, injected)
+        t = torch.arange(t_max, device=rows.device)  # (T_max,)
+        used = t.view(1, -1) < length.view(-1, 1)  # (B_f, T_max) feature slots that are injected
+        flat = (index.view(-1, 1) * L + start.view(-1, 1) + t.view(1, -1))[used]  # (n,) into B * L
+        return rows.reshape(B * L, D).index_copy(0, flat, feats[used].to(rows.dtype)).view(B, L, D)
 
     def hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: Any):
         """Backbone transformer without its head: (B, L, D) -> BaseModelOutputWithPast."""
@@ -304,11 +305,13 @@ class MiniOmni(nn.Module):
         x = self.embed(batch["input_ids"], audio, batch.get("audio_index"), batch.get("audio_start"),
                        batch.get("audio_len"), image, batch.get("image_index"), batch.get("image_start"),
                        batch.get("image_len"))
-        h = self.hidden(x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, L, D)
+        # a packed batch (data.packing=true): block-diagonal causal mask + per-row positions (omni/packing.py)
+        mask, positions = attention_inputs(batch, self.backbone.config._attn_implementation, x.dtype)
+        h = self.hidden(x, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, L, D)
         targets = batch["targets"]
         h_audio = None
         if self.tts_adapter is not None and bool((targets[:, : self.tokens.n_audio_layers] != IGNORE).any()):
-            h_audio = self.audio_hidden(h, attention_mask=batch["attention_mask"])
+            h_audio = self.audio_hidden(h, attention_mask=mask, position_ids=positions)
         out = self.loss_from_hidden(h, targets, h_audio)
         if self.audio_ctc is not None and audio is not None and batch.get("audio_text_len") is not None:
             loss_ctc = self.ctc_loss(audio, batch["audio_len"], batch["audio_text"], batch["audio_text_len"])
