@@ -1,4 +1,5 @@
-"""Mini-Omni decoding with a KV cache: greedy / temperature / top-k, delayed audio layers, batch-parallel A1A2.
+"""Mini-Omni decoding with a KV cache: greedy / temperature / top-k / top-p (omni.sampling), delayed audio layers,
+batch-parallel A1A2.
 
 Dims legend: B batch, R = 8 rows, P prompt length, D width, V row vocabulary.
 At answer step k the text row emits token k and audio layer i emits frame k - i - 1; steps k <= i of layer i are
@@ -19,12 +20,15 @@ from transformers import DynamicCache
 from omni.mini_omni.layout import undelay
 from omni.mini_omni.model import MiniOmni
 from omni.mini_omni.tokens import MiniOmniTokens
+from omni.sampling import check, generator as make_generator
+from omni.sampling import sample as sample_ids
 
 
 @dataclass
 class SamplingConfig:
     temperature: float = 0.9
-    top_k: int = 1
+    top_k: int = 1               # released: 1 (greedy)
+    top_p: float = 1.0           # off (omni.sampling)
     max_new_tokens: int = 2048
     seed: int | None = None
     ctc_weight: float = 0.0  # ASR only: hybrid CTC/attention greedy decoding with the model's CTC head (omni/ctc.py)
@@ -33,21 +37,14 @@ class SamplingConfig:
     force_pad_a: bool = False
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or self.max_new_tokens <= 0 or not 0 <= self.ctc_weight <= 1:
-            raise ValueError(f"invalid sampling config {self}: temperature>=0, top_k>=0, max_new_tokens>0, "
-                             f"0<=ctc_weight<=1")
+        check(self.temperature, self.top_k, self.top_p, 1.0, "Mini-Omni sampling")
+        if self.max_new_tokens <= 0 or not 0 <= self.ctc_weight <= 1:
+            raise ValueError(f"invalid sampling config {self}: max_new_tokens>0, 0<=ctc_weight<=1")
 
 
 def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) ids. Greedy when temperature == 0 or top_k == 1."""
-    if cfg.temperature == 0 or cfg.top_k == 1:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k > 0:
-        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """(B, V) logits -> (B,) ids on the logits' device (omni.sampling.sample with the config's settings)."""
+    return sample_ids(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator=generator)
 
 
 @dataclass
@@ -138,10 +135,10 @@ class MiniOmniDecoder:
         `text_picker`: (B, V_text) text-row logits -> (B,) ids, replacing sampling of the text row (e.g. the joint
         CTC/attention picker of omni/ctc.py). `inputs`: `prefill`'s image_pixels / image_start / image_len /
         audio_features."""
-        gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
         tok = self.tok
         B = prompt.shape[0]
         h, cache = self.prefill(prompt, audio_mels, audio_start, audio_len, **inputs)
+        gen = make_generator(cfg.seed, h.device)  # on the logits' device (omni.sampling)
         text_done = torch.zeros(B, dtype=torch.bool)
         audio_done = torch.zeros(B, tok.n_audio_layers, dtype=torch.bool)
         for k in range(cfg.max_new_tokens):
@@ -192,11 +189,11 @@ def iter_batch_parallel(model: MiniOmni, a1a2_prompt: torch.Tensor, a1t2_prompt:
     prompt, both with the image `image_pixels` (1, 3, H, W) at image_start.. and the audio at audio_start (52)."""
     tok = model.tokens
     dec = MiniOmniDecoder(model)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed) if cfg.seed is not None else None
     prompt = torch.cat([a1a2_prompt, a1t2_prompt], dim=0)  # (2, 8, P)
     pixels = None if image_pixels is None else image_pixels.expand(2, *image_pixels.shape[1:])
     h, cache = dec.prefill(prompt, audio_mels.expand(2, -1, -1), audio_start, audio_len, image_pixels=pixels,
                            image_start=image_start, image_len=image_len)
+    gen = make_generator(cfg.seed, h.device)  # on the logits' device (omni.sampling)
     text_done = False
     audio_done = torch.zeros(tok.n_audio_layers, dtype=torch.bool)
     for k in range(cfg.max_new_tokens):

@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from omni.mini_omni3.encoder import FRAMES_PER_CHUNK, MEL_LOOKAHEAD_MS, LogMel, MelStream
 from omni.mini_omni3.layout import chunk_head, online_prefix
+from omni.sampling import check, generator, sample
 
 EVENT_KINDS = ("silence", "reply_start", "text", "reply_end", "budget_exhausted")
 
@@ -36,13 +37,15 @@ EVENT_KINDS = ("silence", "reply_start", "text", "reply_end", "budget_exhausted"
 class SessionConfig:
     temperature: float = 0.3
     top_k: int = 3
+    top_p: float = 1.0           # off (omni.sampling)
     max_new_tokens: int = 4096   # generated tokens (decisions + replies) per session
     max_reply_tokens: int = 512  # one reply stops here even without TEXT_END
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_k < 0 or self.max_new_tokens <= 0 or self.max_reply_tokens <= 0:
-            raise ValueError(f"invalid session config {self}: temperature>=0, top_k>=0, budgets>0")
+        check(self.temperature, self.top_k, self.top_p, 1.0, "Mini-Omni3 session")
+        if self.max_new_tokens <= 0 or self.max_reply_tokens <= 0:
+            raise ValueError(f"invalid session config {self}: budgets>0")
 
 
 @dataclass
@@ -56,17 +59,6 @@ class Event:
     text: str = ""
     emotion: str | None = None
     tokens: list[int] = field(default_factory=list)
-
-
-def sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> int:
-    """(V,) logits -> one id; greedy when temperature == 0 or top_k == 1."""
-    if temperature == 0 or top_k == 1:
-        return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
 
 
 class StreamingSession:
@@ -87,7 +79,7 @@ class StreamingSession:
         self.lookahead_ms = MEL_LOOKAHEAD_MS  # samples past a chunk's end its mel needs (2.5 ms)
         self.ready: list[torch.Tensor] = []  # (M, 40) mels of complete chunks not processed yet
         self.device = next(model.parameters()).device
-        self.generator = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
+        self.generator = generator(self.cfg.seed, self.device)  # on the logits' device (omni.sampling)
         self.cache = DynamicCache()
         self.history: list[int] = []      # every id fed to the model so far (the session's sequence)
         self.frame_positions: list[int] = []  # positions in `history` that hold encoder frames
@@ -155,7 +147,7 @@ class StreamingSession:
     # -- internals -----------------------------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor) -> int:
         self.generated += 1
-        return sample(logits, self.cfg.temperature, self.cfg.top_k, self.generator)
+        return int(sample(logits, self.cfg.temperature, self.cfg.top_k, self.cfg.top_p, generator=self.generator))
 
     def _forward(self, ids: list[int], frames: torch.Tensor | None = None, frame_at: list[int] | None = None,
                  need_logits: bool = True) -> torch.Tensor | None:

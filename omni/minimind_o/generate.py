@@ -30,6 +30,8 @@ from omni.minimind_o.encoders import AUDIO_SR
 from omni.minimind_o.layout import build_layout, render_chat
 from omni.minimind_o.model import MiniMindO
 from omni.minimind_o.tokens import MiniMindOTokens
+from omni.sampling import generator as make_generator
+from omni.sampling import sample
 
 FRAME_POLICIES = ("all_stop", "first_stop")
 
@@ -76,29 +78,10 @@ class SamplingConfig:
 def sample_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                   penalty: float = 1.0, penalize: Sequence[int] = (), generator: torch.Generator | None = None,
                   banned: Sequence[int] = ()) -> int:
-    """(V,) logits -> one id. CTRL-style penalty on `penalize` ids (positive scores divided, negative multiplied),
-    `banned` ids never chosen, then greedy (temperature 0) or temperature + top-k + nucleus sampling."""
-    logits = logits.detach().float().reshape(-1).clone().cpu()
-    if penalty != 1.0 and len(penalize):
-        ids = torch.tensor(sorted(set(int(i) for i in penalize)), dtype=torch.long)
-        score = logits[ids]
-        logits[ids] = torch.where(score > 0, score / penalty, score * penalty)
-    if len(banned):
-        logits[torch.as_tensor(list(banned), dtype=torch.long)] = float("-inf")
-    if temperature == 0:
-        return int(logits.argmax())
-    logits = logits / temperature
-    if 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_l, order = torch.sort(logits, descending=True)
-        cum = torch.cumsum(torch.softmax(sorted_l, dim=-1), dim=-1)
-        drop = cum > top_p
-        drop[1:] = drop[:-1].clone()  # keep the token that crosses top_p
-        drop[0] = False
-        logits[order[drop]] = float("-inf")
-    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+    """(V,) logits -> one id: omni.sampling.sample (CTRL repetition penalty on the distinct `penalize` ids,
+    `banned` ids never chosen, then greedy (temperature 0) or temperature + top-k + nucleus), on the logits'
+    device; only the id comes back."""
+    return int(sample(logits.reshape(-1), temperature, top_k, top_p, penalty, penalize, banned, generator))
 
 
 # ------------------------------------------------------------------------------------------------ logits sources
@@ -232,8 +215,6 @@ def decode_steps(source: LogitsSource, tok: MiniMindOTokens, batch: dict[str, An
     `<|im_end|>` (the layout's answer suffix, `encode("\\n")`). `interrupt` is checked after every step that
     does not end the answer; when it fires that step is the last (`interrupted=True`) and no further model
     call is made."""
-    if generator is None and cfg.seed is not None:
-        generator = torch.Generator().manual_seed(cfg.seed)
     stop_now = _interrupt_check(interrupt)
     K, cs = tok.n_codebooks, tok.codebook_size
     history_text = [int(t) for t in batch["input_ids"][0, tok.text_row].tolist()]  # prompt + answer (penalty)
@@ -243,6 +224,8 @@ def decode_steps(source: LogitsSource, tok: MiniMindOTokens, batch: dict[str, An
     text_end: int | None = None
     assembler = FrameAssembler(tok, cfg.frames_until)
     logits = source.prefill(batch)
+    if generator is None and cfg.seed is not None:  # on the logits' device (omni.sampling)
+        generator = make_generator(cfg.seed, logits.text.device)
     for j in range(cfg.max_new_tokens):
         fed = torch.full((tok.n_rows,), tok.a_pad, dtype=torch.long)
         sampled: list[int | None] = [None] * tok.n_rows
