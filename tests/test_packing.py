@@ -95,3 +95,42 @@ def test_mini_omni_packed_loss_equals_padded(tiny_model):
     packed, ref, out = _check_family(tiny_model, padded, pack, capacity)
     assert packed["audio_index"].tolist() == packed["item_seq"][padded["audio_index"]].tolist()
     assert int(out["n_text_targets"]) == int(ref["n_text_targets"])
+
+
+def test_minimind_o_packed_loss_equals_padded():
+    """Thinker and Talker both masked; two T2A rows with different speakers in one sequence (each position takes
+    its own row's speaker embedding), an A2A row (audio features in reading order) and an I2T row (image)."""
+    from data.minimind_o.collate import MiniMindOCollator, pack
+    from omni.minimind_o.layout import build_layout
+    from omni.minimind_o.model import MiniMindO, MiniMindOConfig
+    from tests.test_minimind_model import model_raw, png_bytes, wav_bytes
+
+    cfg = MiniMindOConfig(**model_raw("minimind_o_tiny"))
+    torch.manual_seed(0)
+    model = MiniMindO(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    tok, spec = cfg.tokens, cfg.audio_encoder
+    codes = lambda n: torch.randint(0, tok.codebook_size, (n, tok.n_codebooks), generator=g)  # noqa: E731
+    text = lambda n: torch.randint(40, tok.text_vocab, (n,), generator=g).tolist()  # noqa: E731
+    frames = spec.frames(16000)
+    t2a = lambda: build_layout(tok, [1] + text(5), text(4) + [2], codes(6), ref_codes=codes(3),  # noqa: E731
+                               speaker=True)
+    examples = [
+        {"id": "t1", "task": "t2a", "layout": t2a(), "speaker_emb": torch.randn(cfg.spk_dim, generator=g)},
+        {"id": "a", "task": "a2a", "layout": build_layout(tok, [1] + [tok.audio_pad] * frames + [2, 1] + text(2),
+                                                          text(3) + [2], codes(4)),
+         "audio_mels": [spec.features(wav_bytes(1.0))], "audio_frames": [frames]},
+        {"id": "t2", "task": "t2a", "layout": t2a(), "speaker_emb": torch.randn(cfg.spk_dim, generator=g)},
+        {"id": "i", "task": "i2t", "layout": build_layout(tok, [1] + [tok.image_pad] * cfg.vision_encoder.n_tokens
+                                                          + text(3), text(6) + [2]),
+         "pixel_values": [cfg.vision_encoder.pixels(png_bytes())]},
+        {"id": "t3", "task": "t2a", "layout": t2a(), "speaker_emb": torch.randn(cfg.spk_dim, generator=g)},
+    ]
+    padded = MiniMindOCollator(tok, cfg.spk_dim)(examples)
+    lengths = padded["attention_mask"].sum(1)
+    packed, _, _ = _check_family(model, padded, pack, int(lengths.max()) + int(lengths.min()) * 2)
+    assert packed["input_ids"].shape[0] <= 3
+    # negative control for the speaker: every position taking row 0's speaker changes the loss
+    one_speaker = {**packed, "speaker_emb": packed["speaker_emb"][:1].expand_as(packed["speaker_emb"])}
+    with torch.no_grad():
+        assert abs(float(model(one_speaker)["loss_audio"]) - float(model(packed)["loss_audio"])) > 1e-4

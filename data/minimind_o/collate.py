@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from data.packing import padding_column
 from omni.minimind_o.tokens import IGNORE, MiniMindOTokens
 
 
@@ -65,3 +66,13 @@ class MiniMindOCollator:
             "n_tokens": int(mask.sum()),
             "skipped": [x.as_dict() for x in items if not isinstance(x, dict)],
         }
+
+
+def pack(batch: dict[str, Any], plan) -> dict[str, Any]:
+    """Family packing hook (registry `packer`, data/packing.py): grids laid end to end by `plan` (a
+    `data.packing.PackPlan`). Clips and images keep their reading order (the plan keeps the items' order), so the
+    `<|audio_pad|>` / `<|image_pad|>` scatter needs no change; `speaker_emb` stays per item (N, S) and the model
+    picks each position's item from `segment_ids`."""
+    ids = batch["input_ids"]
+    return {**batch, "input_ids": plan.grid(ids, padding_column(ids, batch["attention_mask"])),
+            "targets": plan.grid(batch["targets"], IGNORE), "audio_weights": plan.grid(batch["audio_weights"], 0.0)}

@@ -21,6 +21,7 @@ FAMILY = Family(
     importer="omni.minimind_o.convert",
     converter="omni.minimind_o.convert",
     demo="omni.minimind_o.demo",
+    packer="data.minimind_o.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
     # lora=: every Linear of the Thinker's blocks (MoE experts included; not the Talker, projectors, tied head)
     lora_targets=("thinker.model.layers.*.self_attn.[qkvo]_proj", "thinker.model.layers.*.mlp.*_proj"),
 )

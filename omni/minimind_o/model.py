@@ -25,6 +25,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from omni.minimind_o.encoders import AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.talker import Talker, moe_aux_loss, use_moe
 from omni.minimind_o.tokens import IGNORE, MiniMindOTokens
+from omni.packing import attention_inputs, is_packed, item_of_position
 
 THINKER_DERIVED = ("vocab_size", "tie_word_embeddings")
 RMS_NORM_EPS = 1e-6  # released: every RMSNorm (Thinker, q/k norms, Talker, codec_proj, embed_proj); spec pinned facts
@@ -248,15 +249,22 @@ class MiniMindO(nn.Module):
         Caches (transformers DynamicCache) make it incremental for generation."""
         ids = batch["input_ids"]
         x = self.embed(ids[:, self.tokens.text_row], batch)
+        # a packed batch (data.packing=true): block-diagonal causal mask + per-row positions for the Thinker AND the
+        # Talker, each position's speaker embedding from its own row (omni/packing.py); None / None otherwise
+        mask, speaker_index = None, None
+        if is_packed(batch):
+            mask, position_ids = attention_inputs(batch, self.thinker.config._attn_implementation, x.dtype)
+            speaker_index = item_of_position(batch, None)
         bridge: list[torch.Tensor] = []
         with self._capture_bridge(bridge):
-            h = self.thinker.model(inputs_embeds=x, position_ids=position_ids, past_key_values=thinker_cache,
-                                   use_cache=thinker_cache is not None).last_hidden_state
+            h = self.thinker.model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids,
+                                   past_key_values=thinker_cache, use_cache=thinker_cache is not None).last_hidden_state
         if not talker:
             return h, None
         t_in = self.talker.inputs(bridge[0], ids[:, : self.tokens.n_codebooks], self.tokens.speaker,
-                                  batch.get("speaker_emb"))
-        return h, self.talker.hidden(t_in, position_ids=position_ids, past_key_values=talker_cache)
+                                  batch.get("speaker_emb"), speaker_index=speaker_index)
+        return h, self.talker.hidden(t_in, position_ids=position_ids, past_key_values=talker_cache,
+                                     attention_mask=mask)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.thinker.lm_head(h)

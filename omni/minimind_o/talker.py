@@ -116,15 +116,17 @@ class Talker(nn.Module):
         self.spk_proj = nn.Linear(spk_dim, h, bias=False)
 
     def inputs(self, bridge: torch.Tensor, audio_ids: torch.Tensor, speaker_id: int,
-               speaker_emb: torch.Tensor | None = None) -> torch.Tensor:
+               speaker_emb: torch.Tensor | None = None, speaker_index: torch.Tensor | None = None) -> torch.Tensor:
         """bridge (B, L, D) Thinker states, audio_ids (B, K, L) local ids, speaker_emb (B, S) or None ->
         (B, L, H) = embed_proj(bridge) * text_scale + codec_proj(code) * audio_scale, where code is the code
-        embedding, replaced by spk_proj(speaker_emb) at positions holding the SPEAKER id (row 0)."""
+        embedding, replaced by spk_proj(speaker_emb) at positions holding the SPEAKER id (row 0). A packed batch
+        gives speaker_emb per row (N, S) and speaker_index (B, L): the row each position belongs to."""
         code = self.embed_tokens(audio_ids)  # (B, L, H)
         at_speaker = audio_ids[:, 0] == speaker_id  # (B, L)
         if speaker_emb is not None and bool(at_speaker.any()):
-            spk = self.spk_proj(speaker_emb.to(code.dtype))  # (B, H)
-            code = torch.where(at_speaker.unsqueeze(-1), spk.unsqueeze(1).expand_as(code), code)
+            spk = self.spk_proj(speaker_emb.to(code.dtype))  # (B, H), packed: (N, H)
+            spk = spk[speaker_index] if speaker_index is not None else spk.unsqueeze(1).expand_as(code)
+            code = torch.where(at_speaker.unsqueeze(-1), spk, code)
         return self.embed_proj(bridge) * self.text_scale + self.codec_proj(code) * self.audio_scale
 
     def hidden(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, past_key_values=None,
