@@ -67,7 +67,8 @@ class OmniDataModule(LightningDataModule):
                  val_tasks: Mapping[str, float] | None, valid_tasks: tuple[str, ...], max_len: int, *,
                  max_tokens: int = 16384, max_batch_size: int | None = None, window_rows: int = 1000,
                  cache_row_groups: int = 4, num_workers: int = 0, seed: int = 0, strict: bool = False,
-                 pin_memory: bool = False, packing: bool = False) -> None:
+                 pin_memory: bool = False, packing: bool = False,
+                 source: str = "parquet", hf: Mapping[str, Any] | None = None) -> None:
         """What every family's DataModule sets before its own fields (each family's `__init__` calls this first):
         the splits, the tokenizer folder, the train / val task mixes (checked against `valid_tasks`, the family's
         task vocabulary), the token budget, the loader settings and the empty index / dataset / resume state.
@@ -86,6 +87,10 @@ class OmniDataModule(LightningDataModule):
         self.window_rows, self.cache_row_groups = int(window_rows), int(cache_row_groups)
         self.num_workers, self.seed, self.strict = int(num_workers), int(seed), bool(strict)
         self.pin_memory = bool(pin_memory)
+        # source: hf reads the splits from a Hugging Face dataset (data/hf.py; `paths` become its split names)
+        from data.hf import configure
+
+        self.hf = configure(self, source, hf)
         # packing (data/packing.py): train batches hold several rows per sequence of max_len positions; the family's
         # `packer` hook (its registry entry) lays its batch out; a family without one is refused here, at start
         self.packing = bool(packing)
@@ -122,14 +127,34 @@ class OmniDataModule(LightningDataModule):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test"):
             if self.paths[split] is not None and split not in self.indexes:
+                self._open_source(split)
                 self._build(split)
 
     def _dataset(self, split: str) -> Any:
         if split not in self.datasets:
             if self.paths[split] is None:
                 raise ValueError(f"no {split} data configured")
+            self._open_source(split)
             self._build(split)
         return self.datasets[split]
+
+    def _open_source(self, split: str) -> None:
+        """source: hf: point `paths[split]` at the split's Hugging Face dataset view (data/hf.py `source_paths`)."""
+        if self.hf is not None:
+            from data.hf import source_paths
+
+            self.paths[split] = source_paths(self, split)
+
+    def _stream(self, split: str) -> Any:
+        """source: hf with hf.streaming: the split's streamed loader (data/hf.py `stream_loader`), else None."""
+        if self.hf is None or not self.hf.streaming:
+            return None
+        from data.hf import stream_loader
+
+        if split not in self.indexes:
+            self._open_source(split)
+            self._build(split)
+        return stream_loader(self, split, self.collator, self._loader_kwargs())
 
     def _check_distributed_sampler(self) -> None:
         trainer = self.trainer
@@ -145,6 +170,13 @@ class OmniDataModule(LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         self._check_distributed_sampler()
+        stream = self._stream("train")
+        if stream is not None:
+            self._train_loader = stream
+            if self._pending_train_state is not None:
+                stream.load_state_dict(self._pending_train_state)
+                self._pending_train_state = None
+            return stream
         dataset = self._dataset("train")
         rank, world = self._rank_world()
         sampler = TokenBudgetBatchSampler(dataset.index, self.tasks, self.max_tokens, self.max_batch_size,
@@ -174,6 +206,9 @@ class OmniDataModule(LightningDataModule):
             self._pending_train_state = dict(state["train_loader"])
 
     def _eval_loader(self, split: str) -> DataLoader:
+        stream = self._stream(split)
+        if stream is not None:
+            return stream
         dataset = self._dataset(split)
         rank, world = self._rank_world()
         sampler = TokenBudgetBatchSampler(dataset.index, self.val_tasks, self.max_tokens, self.max_batch_size,

@@ -39,7 +39,9 @@ def expand_paths(paths: str | os.PathLike | list | tuple | None) -> list[str]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[str] = []
     for p in map(str, items):
-        if os.path.isdir(p):
+        if p.startswith("hf://"):  # a Hugging Face dataset view (data/hf.py), read through `open_table`
+            files.append(p)
+        elif os.path.isdir(p):
             found = sorted(glob.glob(os.path.join(p, "**", "*.parquet"), recursive=True))
             if not found:
                 raise FileNotFoundError(f"no *.parquet files under {p}")
@@ -48,7 +50,17 @@ def expand_paths(paths: str | os.PathLike | list | tuple | None) -> list[str]:
             files.append(p)
         else:
             raise FileNotFoundError(f"data path not found: {p}")
-    return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
+    return sorted(dict.fromkeys(f if f.startswith("hf://") else os.path.abspath(f) for f in files))
+
+
+def open_table(path: str) -> Any:
+    """`pyarrow.parquet.ParquetFile(path)`, or the registered Hugging Face dataset view `path` names (`hf://...`,
+    data/hf.py: the same reading API over a `datasets.Dataset`)."""
+    if path.startswith("hf://"):
+        from data.hf import open_table as open_view
+
+        return open_view(path)
+    return pq.ParquetFile(path)
 
 
 class RowIndex:
@@ -80,7 +92,7 @@ class RowIndex:
         """The open parquet file, or None when its footer cannot be read (truncated / corrupt file): recorded as one
         `unreadable_shard` record (row -1: its row count is unknown); strict: ValueError naming the path."""
         try:
-            return pq.ParquetFile(path)
+            return open_table(path)
         except (OSError, pa.ArrowException) as exc:
             detail = f"cannot open the parquet file (truncated or corrupt; its rows are not counted): {exc}"
             if self.strict:
@@ -147,7 +159,7 @@ class RowGroupDataset(Dataset):
             self._cache.move_to_end(key)
             return self._cache[key]
         if shard not in self._files:
-            self._files[shard] = pq.ParquetFile(self.index.files[shard])
+            self._files[shard] = open_table(self.index.files[shard])
         table = self._files[shard].read_row_group(group)
         self.group_reads += 1
         self._cache[key] = table

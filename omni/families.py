@@ -126,6 +126,13 @@ def lora_targets(model: nn.Module) -> tuple[str, ...]:
         return ()
 
 
+def hf_schemas(obj: Any) -> dict[str, Any]:
+    """{name: data.hf.HFSchema} the family of `obj` (a datamodule, model or helper) reads Hugging Face datasets
+    with (`data.source=hf`); {} when it lists none."""
+    family = family_of(obj)
+    return dict(importlib.import_module(family.hf_schemas).SCHEMAS) if family.hf_schemas else {}
+
+
 def resolvers() -> dict[str, Any]:
     """The OmegaConf resolvers the families' configs use: {name: function}, each imported at its first call."""
     def lazy(path: str):

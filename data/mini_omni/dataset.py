@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from data.audio import AudioDecodeError, decode_audio
-from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths
+from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths, open_table
 from data.mini_omni.lengths import AUDIO_IN, IMAGE_IN, TASK_ORDER, encoder_frames, estimate_length
 from data.mini_omni.schema import CODES_PER_FRAME, SCHEMA, TASK_REQUIREMENTS, validate_table
 
@@ -244,7 +244,7 @@ def calibrate_chars_per_token(paths: Any, tokenizer: Any, max_texts: int = 2000,
     chars = toks = seen = 0
     for path in expand_paths(paths):
         try:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["question_text", "answer_text"]):
+            for batch in open_table(path).iter_batches(batch_size=256, columns=["question_text", "answer_text"]):
                 for text in batch.column(0).to_pylist() + batch.column(1).to_pylist():
                     if text and text.strip():
                         chars += len(text)

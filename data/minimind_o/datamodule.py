@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from data.datamodule import OmniDataModule
 from data.minimind_o.collate import MiniMindOCollator
-from data.dataset import expand_paths
+from data.dataset import expand_paths, open_table
 from data.minimind_o.dataset import MiniMindODataset, MiniMindOIndex, RowReader, header_samples
 from data.minimind_o.schema import TASKS
 from omni.minimind_o.encoders import AudioEncoderSpec, VisionEncoderSpec
@@ -130,7 +129,7 @@ def spoken_voices(paths: Any, n_codebooks: int = 8) -> set[str]:
     folders. Answer codes are only measured (arrow list lengths), never converted to Python."""
     voices: set[str] = set()
     for path in expand_paths(paths):
-        pf = pq.ParquetFile(path)
+        pf = open_table(path)
         columns = [c for c in ("answer_audios", "ref_audios", "spk_emb") if c in pf.schema_arrow.names]
         if "answer_audios" not in columns:
             continue

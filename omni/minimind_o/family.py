@@ -24,4 +24,5 @@ FAMILY = Family(
     packer="data.minimind_o.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
     # lora=: every Linear of the Thinker's blocks (MoE experts included; not the Talker, projectors, tied head)
     lora_targets=("thinker.model.layers.*.self_attn.[qkvo]_proj", "thinker.model.layers.*.mlp.*_proj"),
+    hf_schemas="data.minimind_o.hf",  # data.source=hf: the published schemas it reads (data/hf.py)
 )
