@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from data.packing import padding_column
 from omni.mini_omni3.layout import next_token_targets
 from omni.mini_omni3.tokens import IGNORE, MiniOmni3Tokens
 
@@ -76,3 +77,14 @@ class StreamingCollator:
             "reply_text": [x["reply_text"] for x in examples],
             "n_tokens": int(sum(len(s) for s in seqs)), "skipped": skipped,
         }
+
+
+def pack(batch: dict[str, Any], plan) -> dict[str, Any]:
+    """Family packing hook (registry `packer`, data/packing.py): grids laid end to end by `plan` (a
+    `data.packing.PackPlan`); the flat frame positions b * L + p move to seq * L' + offset + p. Chunks and clips
+    keep their order; the model takes each decision's session (row) from `segment_ids`."""
+    ids, length = batch["input_ids"], batch["input_ids"].shape[-1]
+    return {**batch, "input_ids": plan.grid(ids, padding_column(ids, batch["attention_mask"])),
+            "targets": plan.grid(batch["targets"], IGNORE), "decision_mask": plan.grid(batch["decision_mask"], False),
+            "audio_positions": plan.flat_positions(batch["audio_positions"], length),
+            "clip_positions": plan.flat_positions(batch["clip_positions"], length)}

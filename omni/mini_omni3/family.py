@@ -22,5 +22,6 @@ FAMILY = Family(
     demo="omni.mini_omni3.demo",
     eval_modes={"session": "omni.mini_omni3.replay.eval_session"},
     # lora=: every Linear of the Qwen2 LLM's blocks (not the audio tower / projector)
+    packer="data.streaming.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
     lora_targets=("backbone.model.layers.*.self_attn.[qkvo]_proj", "backbone.model.layers.*.mlp.*_proj"),
 )

@@ -18,6 +18,7 @@ from omni.mini_omni3.encoder import FRAMES_PER_CHUNK, ChunkwiseAudioEncoder, aud
 from omni.mini_omni3.layout import RELEASED_SYSTEM_PROMPT
 from omni.mini_omni3.metrics import decision_counts, scores
 from omni.mini_omni3.tokens import IGNORE, MiniOmni3Tokens
+from omni.packing import attention_inputs, is_packed, item_of_position
 
 PROJECTIONS = ("auto", "none", "linear")
 
@@ -156,14 +157,19 @@ class MiniOmni3(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Loss over a collated streaming batch (legend: data/streaming/collate.py)."""
         x = self.embed_batch(batch)
-        h = self.hidden(x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, L, D)
-        return self.loss_from_hidden(h, batch["targets"], batch.get("decision_mask"))
+        # a packed batch (data.packing=true): block-diagonal causal mask + per-row positions (omni/packing.py)
+        mask, positions = attention_inputs(batch, self.backbone.config._attn_implementation, x.dtype)
+        h = self.hidden(x, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, L, D)
+        rows = None if not is_packed(batch) else item_of_position(batch, None)
+        return self.loss_from_hidden(h, batch["targets"], batch.get("decision_mask"), rows)
 
     def loss_from_hidden(self, h: torch.Tensor, targets: torch.Tensor,
-                         decision_mask: torch.Tensor | None = None) -> dict[str, Any]:
-        """h (B, L, D), targets (B, L) next-token ids or IGNORE, decision_mask (B, L) bool. Logits only at the N
-        target positions; KEEP_SILENCE targets weigh `keep_silence_weight`. Also returns decision counts and
-        their scores (`metrics`)."""
+                         decision_mask: torch.Tensor | None = None, rows: torch.Tensor | None = None
+                         ) -> dict[str, Any]:
+        """h (B, L, D), targets (B, L) next-token ids or IGNORE, decision_mask (B, L) bool, rows (B, L) the
+        session each position belongs to (a packed batch; default: its sequence). Logits only at the N target
+        positions; KEEP_SILENCE targets weigh `keep_silence_weight`. Also returns decision counts and their scores
+        (`metrics`)."""
         tok = self.tokens
         sel = targets != IGNORE  # (B, L)
         tgt = targets[sel]  # (N,)
@@ -176,18 +182,19 @@ class MiniOmni3(nn.Module):
             "n_text_targets": sel.sum(), "n_audio_targets": torch.zeros((), dtype=torch.long, device=h.device),
         }
         if decision_mask is not None and bool(decision_mask.any()):
-            counts = self.decision_counts(logits.detach(), tgt, sel, decision_mask)
+            counts = self.decision_counts(logits.detach(), tgt, sel, decision_mask, rows)
             out["decision_counts"] = counts
             out["metrics"] = {k: torch.tensor(float(v), device=h.device) for k, v in scores(counts).items()}
         return out
 
     def decision_counts(self, logits: torch.Tensor, tgt: torch.Tensor, sel: torch.Tensor,
-                        decision_mask: torch.Tensor) -> dict[str, int]:
+                        decision_mask: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, int]:
         """Argmax at the decision positions (a subset of the target positions) -> summable counts."""
         tok = self.tokens
         is_dec = decision_mask[sel]  # (N,) which target positions are decisions
         pred, true = logits[is_dec].argmax(-1), tgt[is_dec]
-        item = sel.nonzero()[:, 0][is_dec]  # (n_dec,) batch item of each, in sequence order
+        # (n_dec,) batch item (session) of each, in sequence order
+        item = (sel.nonzero()[:, 0] if rows is None else rows[sel])[is_dec]
         return decision_counts(pred == tok.text_begin, true == tok.text_begin, pred == true, item)
 
     @property
