@@ -35,27 +35,35 @@ def silence(seconds: float) -> np.ndarray:
 
 def test_reply_on_chunk_floor_whole_frames_over_10():
     """Released placement (spec, pinned facts): the clip is cropped to whole 40 ms (640-sample) frames; F = whole
-    frames of the session up to the clip's end; the reply goes on chunk F // 10. Hand-computed table:
-    turn 1: lead 8000 + clip 16000 (25 frames, no crop)     -> end 24000, F = 37 (37.5)  -> chunk 3
-    turn 2: lead 4800 + clip 8000 -> cropped 7680            -> end 36480 (2.28 s), no reply
-    turn 3: lead 8000 + clip 9920 (15.5 frames) -> 9600      -> end 54080 (3.38 s), F = 84 (84.5) -> chunk 8"""
+    frames of the session up to the clip's end; the reply goes on chunk F // 10. Leads are cropped to whole frames
+    too, so each clip ends on a frame boundary (the reply chunk then holds >= 0.04 s after the speech, spec
+    "Training data"). Hand-computed table:
+    turn 1: lead 8000 -> 7680 + clip 16000 (25 frames, no crop)  -> end 23680 (1.48 s), F = 37 -> chunk 3
+    turn 2: lead 4800 -> 4480 + clip 8000 -> 7680                -> end 35840 (2.24 s), no reply
+    turn 3: lead 8000 -> 7680 + clip 9920 (15.5 frames) -> 9600  -> end 53120 (3.32 s), F = 83 -> chunk 8"""
     turns = [Turn(tone(1.0), "four", lead=silence(0.5)),
              Turn(tone(0.5), None, lead=silence(0.3), kind="ambient"),
              Turn(tone(0.62), "urgent help", "urgent", lead=silence(0.5))]
     s = build_session(turns, tail=silence(0.1))
     assert s.replies == [(3, "four", "normal"), (8, "urgent help", "urgent")]
-    assert s.turn_end_s == [1.5, 2.28, 3.38] and s.turn_kind == ["speech", "ambient", "speech"]
-    # 54080 + 1600 tail = 55680 samples, extended with silence to 9 * 6400 so that reply chunk 8 exists
+    assert s.turn_end_s == [1.48, 2.24, 3.32] and s.turn_kind == ["speech", "ambient", "speech"]
+    # 53120 + 1600 tail = 54720 samples, extended with silence to 9 * 6400 so that reply chunk 8 exists
     assert s.n_chunks == 9 and len(s.audio) == 57600
     # 1.19 s = 19040 samples -> cropped to 29 frames (18560) -> chunk 2 (the old "first chunk ending >= 0.04 s
     # after the speech" rule said 3)
     short = build_session([Turn(tone(1.19), "x")])
     assert short.replies[0][0] == 2 and short.n_chunks == 3 and len(short.audio) == 3 * 6400
-    # the crop decides: lead 100 + clip 6350 -> cropped 5760 (9 frames) -> end 5860, F = 9 -> chunk 0
-    # (without the crop: end 6450, F = 10 -> chunk 1)
+    # the crop decides: lead 100 -> 0 + clip 6350 -> 5760 (9 frames) -> end 5760, F = 9 -> chunk 0
+    # (without the crops: end 6450, F = 10 -> chunk 1)
     cropped = build_session([Turn(tone(6350 / SR), "y", lead=silence(100 / SR))])
     assert cropped.replies[0][0] == 0 and len(cropped.audio) == 6400
-    assert cropped.turn_end_s[0] == pytest.approx(5860 / SR, abs=1e-4)
+    assert cropped.turn_end_s[0] == pytest.approx(5760 / SR, abs=1e-4)
+    # the lead crop: lead 600 + clip 6000 -> 0 + 5760 -> end 5760, F = 9 -> chunk 0, whose last frame (640 samples,
+    # 0.04 s) is after the speech; with the lead uncropped the speech would end at 6360, 40 samples before the end
+    # of its reply chunk
+    aligned = build_session([Turn(tone(6000 / SR), "w", lead=silence(600 / SR))])
+    assert aligned.replies[0][0] == 0 and aligned.turn_end_s[0] == pytest.approx(5760 / SR, abs=1e-4)
+    assert np.abs(aligned.audio[5760:]).max() == 0.0 and np.abs(aligned.audio[5120:5760]).max() > 0.1
     # a reply past the audio extends the session with silence: clip 6400 (10 frames) -> F = 10 -> chunk 1
     past = build_session([Turn(tone(0.4), "z")])
     assert past.replies[0][0] == 1 and past.n_chunks == 2 and len(past.audio) == 2 * 6400

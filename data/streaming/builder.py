@@ -4,8 +4,12 @@ A turn (spec "Training data") is leading noise / ambient audio + the user's clip
 As in the release (spec, pinned facts), the user's clip is first cropped to whole 40 ms encoder frames (640
 samples; the partial tail frame is dropped); with F = the whole frames of the session up to the end of the
 clip, its reply, when it needs one, goes on chunk floor(F / 10) (`omni.mini_omni3.layout.reply_chunk_for`); a
-turn that needs no reply stays KEEP_SILENCE. Clips are taken to end where the speech ends (trim them first; the
-sample generator does with sox). Audio is 16 kHz mono float32 (n,) numpy arrays throughout.
+turn that needs no reply stays KEEP_SILENCE. Leads are cropped to whole frames too, so every clip starts and ends
+on a session frame boundary: the end is exactly F frames and the reply chunk holds 1-10 whole frames after the
+speech (0.04-0.4 s, spec "Training data"). With an unaligned lead the speech would spill into frame F and the
+reply chunk could hold as little as one sample after it (a label the audio cannot support yet). Clips are taken
+to end where the speech ends (trim them first; the sample generator does with sox). Audio is 16 kHz mono
+float32 (n,) numpy arrays throughout.
 """
 from __future__ import annotations
 
@@ -69,7 +73,10 @@ def build_session(turns: Sequence[Turn], tail: np.ndarray | None = None, backgro
         clip = clip[: len(clip) // FRAME_SAMPLES * FRAME_SAMPLES]  # whole 40 ms encoder frames only
         if len(clip) == 0:
             raise ValueError(f"turn {i}: its clip is shorter than one 40 ms encoder frame ({FRAME_SAMPLES} samples)")
-        for part in (turn.lead, clip):
+        lead = None if turn.lead is None else np.asarray(turn.lead, dtype=np.float32)
+        if lead is not None:  # whole frames too: the clip then starts and ends on a session frame boundary
+            lead = lead[: len(lead) // FRAME_SAMPLES * FRAME_SAMPLES]
+        for part in (lead, clip):
             if part is not None and len(part):
                 pieces.append(np.asarray(part, dtype=np.float32))
                 t += len(part)

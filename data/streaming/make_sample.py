@@ -2,7 +2,7 @@
 background sounds, some needing no reply, in the streaming schema (data/streaming/schema.py).
 
 Voices, question/answer items and the TTS command are those of the spoken-QA sample (data/mini_omni/make_sample.py):
-train sessions use its 6 train voices, val and test its held-out voices (never heard in train). Each session is
+train sessions use its train voices, val and test its held-out voices (never heard in train). Each session is
 one user voice and 3-4 turns after a lead of silence / ambient sound:
   question   a spoken QA item                       -> reply (its answer), emotion normal
   statement  an emotional spoken statement          -> reply, emotion happy / sad / urgent
@@ -249,7 +249,7 @@ def write_readme(out: str, stats: dict[str, dict], elapsed: float) -> None:
         "## Regenerate",
         "",
         "```bash",
-        "sudo apt-get install espeak-ng flite festival festvox-kallpc16k sox",
+        "sudo apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox",
         "python -m data.streaming.make_sample     # rewrites data/sample_streaming/",
         "```",
         "",
