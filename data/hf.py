@@ -374,7 +374,8 @@ class StreamLoader(DataLoader):
     from the position set here). `epoch_fn()` gives the epoch at the start of each pass (the trainer's). State
     {epoch, consumed, workers: {w: [chunk, done]}}: per worker, the chunk of the batch the training loop is on and
     how many of that chunk's batches it has taken. Lightning's fetcher looks one batch ahead on a loader without a
-    length, so the state is the one before the latest batch this loader yielded."""
+    length, so the state is the one before the latest batch this loader yielded (the last batch's once the look-ahead
+    found the end of the epoch)."""
 
     def __init__(self, dataset: StreamBatches, epoch_fn: Any, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **{**kwargs, "persistent_workers": False})
@@ -402,6 +403,8 @@ class StreamLoader(DataLoader):
             self._positions[worker] = (k, b + 1)
             self._consumed += 1
             yield batch
+        # the fetcher's look-ahead found the end: nothing is held back, the state is the last batch's
+        self._lagged, self._lagged_consumed = dict(self._positions), self._consumed
 
     def state_dict(self) -> dict[str, Any]:
         if self._pending is not None:
