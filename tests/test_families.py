@@ -342,6 +342,20 @@ def test_checkpoint_with_old_class_paths_still_evaluates(tmp_path):
         instantiate_stored(bad, "data", ckpt)
 
 
+def test_streaming_checkpoint_with_the_old_data_path_rebuilds_its_datamodule(tmp_path):
+    """Mini-Omni3 checkpoints stored `data.streaming.datamodule.StreamingDataModule` (before data/mini_omni3/)."""
+    from omegaconf import OmegaConf
+
+    from omni.families import instantiate_stored
+
+    cfg = compose_cfg(["stage=streaming"], tmp_path)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    assert data["_target_"] == "data.mini_omni3.datamodule.StreamingDataModule"
+    data["_target_"] = "data.streaming.datamodule.StreamingDataModule"
+    dm = instantiate_stored({"data": data}, "data", "old.ckpt")
+    assert f"{type(dm).__module__}.{type(dm).__qualname__}" == "data.mini_omni3.datamodule.StreamingDataModule"
+
+
 def test_loader_position_under_the_old_class_name_is_restored():
     """Lightning keys a DataModule's state by its class name: a checkpoint of the class's old name resumes its
     loader position (OmniModule.on_load_checkpoint copies it over); a DataModule without old names gets nothing."""

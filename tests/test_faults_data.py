@@ -391,9 +391,9 @@ def test_streaming_bad_rows_each_named(tmp_path):
     whitespace (blank_text), row 4's duration_s is NaN (bad_duration). Load time: row 1's audio holds a NaN
     (nonfinite_audio), row 5 carries precomputed features with a NaN (nonfinite_features, column features), row 6
     declares one chunk fewer than its audio has (audio_longer_than_declared, never cut). Only s0 trains."""
-    from data.streaming.builder import Turn, build_session, session_row
-    from data.streaming.datamodule import StreamingDataModule
-    from data.streaming.schema import SCHEMA as STREAM_SCHEMA
+    from data.mini_omni3.builder import Turn, build_session, session_row
+    from data.mini_omni3.datamodule import StreamingDataModule
+    from data.mini_omni3.schema import SCHEMA as STREAM_SCHEMA
 
     sr = 16000
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data.streaming.collate import StreamingCollator
+from data.mini_omni3.collate import StreamingCollator
 from omni.mini_omni3.layout import Reply, offline_sequence, online_sequence
 from omni.mini_omni3.metrics import decision_counts, onset_errors, scores
 from omni.mini_omni3.model import MiniOmni3, MiniOmni3Config, config_from_yaml

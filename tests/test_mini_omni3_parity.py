@@ -252,10 +252,10 @@ def test_offline_row_uses_one_whole_clip_tower_call(tmp_path):
     from transformers import AutoTokenizer
 
     from data.audio import encode_flac
-    from data.streaming.builder import offline_row
-    from data.streaming.collate import StreamingCollator
-    from data.streaming.dataset import StreamingDataset, StreamingIndex
-    from data.streaming.schema import SCHEMA
+    from data.mini_omni3.builder import offline_row
+    from data.mini_omni3.collate import StreamingCollator
+    from data.mini_omni3.dataset import StreamingDataset, StreamingIndex
+    from data.mini_omni3.schema import SCHEMA
 
     wav = np.random.default_rng(0).normal(0, 0.1, 36800).astype(np.float32)  # 2.3 s
     path = tmp_path / "d" / "o.parquet"
@@ -342,8 +342,8 @@ def test_long_session_is_truncated_not_skipped(tmp_path):
     from transformers import AutoTokenizer
 
     from data.audio import encode_flac
-    from data.streaming.dataset import StreamingDataset, StreamingIndex
-    from data.streaming.schema import SCHEMA, empty_row
+    from data.mini_omni3.dataset import StreamingDataset, StreamingIndex
+    from data.mini_omni3.schema import SCHEMA, empty_row
 
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "omni" / "assets" / "tiny_tokenizer")
     model = tiny_model()

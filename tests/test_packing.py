@@ -139,7 +139,7 @@ def test_minimind_o_packed_loss_equals_padded():
 def test_mini_omni3_packed_loss_equals_padded():
     """Online rows (per-chunk frames at flat positions) and an offline row (whole-clip frames) share sequences; the
     decision metrics count each session (row) on its own."""
-    from data.streaming.collate import StreamingCollator, pack
+    from data.mini_omni3.collate import StreamingCollator, pack
     from omni.mini_omni3.layout import Reply, offline_sequence, online_sequence
     from omni.mini_omni3.model import MiniOmni3
     from tests.test_mini_omni3_model import model_cfg

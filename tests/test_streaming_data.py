@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from data.audio import encode_flac
-from data.streaming.builder import Turn, build_session, offline_row, session_row
-from data.streaming.collate import StreamingCollator
-from data.streaming.dataset import StreamingDataset, StreamingIndex
-from data.streaming.datamodule import StreamingDataModule
-from data.streaming.features import precompute
-from data.streaming.schema import SCHEMA, empty_row
+from data.mini_omni3.builder import Turn, build_session, offline_row, session_row
+from data.mini_omni3.collate import StreamingCollator
+from data.mini_omni3.dataset import StreamingDataset, StreamingIndex
+from data.mini_omni3.datamodule import StreamingDataModule
+from data.mini_omni3.features import precompute
+from data.mini_omni3.schema import SCHEMA, empty_row
 from omni.mini_omni3.tokens import MiniOmni3Tokens
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ FAMILY = Family(
     title="Mini-Omni3",
     model="omni.mini_omni3.model.MiniOmni3",
     config="omni.mini_omni3.model.MiniOmni3Config",
-    datamodule="data.streaming.datamodule.StreamingDataModule",
+    datamodule="data.mini_omni3.datamodule.StreamingDataModule",
     inference="omni.mini_omni3.session.MiniOmni3Inference",
     sampling="omni.mini_omni3.session.SessionConfig",
     tasks={},
@@ -21,7 +21,8 @@ FAMILY = Family(
     converter="omni.mini_omni3.convert",
     demo="omni.mini_omni3.demo",
     eval_modes={"session": "omni.mini_omni3.replay.eval_session"},
+    renamed={"data.streaming.datamodule.StreamingDataModule": "data.mini_omni3.datamodule.StreamingDataModule"},
     # lora=: every Linear of the Qwen2 LLM's blocks (not the audio tower / projector)
-    packer="data.streaming.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
+    packer="data.mini_omni3.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
     lora_targets=("backbone.model.layers.*.self_attn.[qkvo]_proj", "backbone.model.layers.*.mlp.*_proj"),
 )

@@ -155,7 +155,7 @@ class MiniOmni3(nn.Module):
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Loss over a collated streaming batch (legend: data/streaming/collate.py)."""
+        """Loss over a collated streaming batch (legend: data/mini_omni3/collate.py)."""
         x = self.embed_batch(batch)
         # a packed batch (data.packing=true): block-diagonal causal mask + per-row positions (omni/packing.py)
         mask, positions = attention_inputs(batch, self.backbone.config._attn_implementation, x.dtype)

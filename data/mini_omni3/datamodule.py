@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from data.datamodule import OmniDataModule
-from data.streaming.collate import StreamingCollator
-from data.streaming.dataset import StreamingDataset, StreamingIndex, encode_system_prompt
-from data.streaming.schema import MODES
+from data.mini_omni3.collate import StreamingCollator
+from data.mini_omni3.dataset import StreamingDataset, StreamingIndex, encode_system_prompt
+from data.mini_omni3.schema import MODES
 from omni.mini_omni3.layout import RELEASED_SYSTEM_PROMPT
 from omni.mini_omni3.tokens import MiniOmni3Tokens
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.streaming.schema import empty_row
+from data.mini_omni3.schema import empty_row
 from omni.mini_omni3.encoder import CHUNK_SAMPLES, SAMPLE_RATE, n_chunks
 from omni.mini_omni3.layout import FRAME_SAMPLES, OFFLINE_MAX_CHUNKS, reply_chunk_for
 from omni.mini_omni3.tokens import EMOTIONS

@@ -7,7 +7,7 @@ too unless --drop-audio). Training then skips the tower: the collator passes `au
 `clip_features` and the model only applies its projection (if any). Features belong to the tower
 that made them: recompute after changing or training the tower.
 
-    python -m data.streaming.features --model-config conf/model/mini_omni3.yaml \
+    python -m data.mini_omni3.features --model-config conf/model/mini_omni3.yaml \
         --encoder-config /models/mini-omni3/qwen25OmniConfig \
         --encoder-weights /models/mini-omni3/MiniOmni3_ChunkwisedEncoder.pth \
         --input data/my_sessions/train --out data/my_sessions_feats/train
@@ -26,7 +26,7 @@ import torch
 
 from data.audio import AudioDecodeError, decode_audio
 from data.dataset import expand_paths
-from data.streaming.schema import SCHEMA, validate_schema
+from data.mini_omni3.schema import SCHEMA, validate_schema
 from omni.mini_omni3.encoder import (
     CHUNK_SAMPLES, OFFLINE_MAX_SAMPLES, SAMPLE_RATE, ChunkwiseAudioEncoder, LogMel, audio_config, load_tower_weights,
     pad_to_chunks,
@@ -104,7 +104,7 @@ def encoder_from_args(args: argparse.Namespace) -> tuple[ChunkwiseAudioEncoder, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.streaming.features", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m data.mini_omni3.features", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, nargs="+", help="streaming parquet files or folders")
     p.add_argument("--out", required=True)
     p.add_argument("--model-config", default=None, help="conf/model/*.yaml whose `encoder` settings to use")

@@ -60,7 +60,7 @@ def validate_schema(schema: pa.Schema, path: str) -> None:
         want = SCHEMA.field(name).type
         idx = schema.get_field_index(name)
         if idx < 0:
-            raise ValueError(f"{path}: missing column {name!r} (expected {want}); see data/streaming/schema.py")
+            raise ValueError(f"{path}: missing column {name!r} (expected {want}); see data/mini_omni3/schema.py")
         got = schema.field(idx).type
         if not got.equals(want):
             raise ValueError(f"{path}: column {name!r} has type {got}, expected {want}")

@@ -62,7 +62,7 @@ class StreamingCollator:
         clip_feats = [x["features"] for x in offline if x["features"] is not None]
         if (mels or clip_mels) and (feats or clip_feats):
             raise ValueError("a batch mixes rows with precomputed features and rows with audio; use one kind per "
-                             "data set (data.streaming.features precomputes a whole split)")
+                             "data set (data.mini_omni3.features precomputes a whole split)")
         return {
             "input_ids": input_ids, "targets": targets, "attention_mask": mask, "decision_mask": decision,
             "audio_mels": torch.cat(mels).float() if mels else None,

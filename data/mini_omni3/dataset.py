@@ -20,7 +20,7 @@ import torch
 
 from data.audio import AudioDecodeError, decode_audio
 from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths
-from data.streaming.schema import LIGHT_COLUMNS, MODES, validate_schema
+from data.mini_omni3.schema import LIGHT_COLUMNS, MODES, validate_schema
 from omni.mini_omni3.encoder import (
     CHUNK_SAMPLES, FRAMES_PER_CHUNK, OFFLINE_MAX_SAMPLES, SAMPLE_RATE, LogMel, clip_frames, pad_to_chunks,
 )
@@ -32,7 +32,7 @@ from omni.mini_omni3.tokens import EMOTIONS, MiniOmni3Tokens
 
 
 def offline_samples(rec: dict[str, Any]) -> int:
-    """16 kHz samples of an offline row's clip (duration_s as written by data.streaming.builder.offline_row)."""
+    """16 kHz samples of an offline row's clip (duration_s as written by data.mini_omni3.builder.offline_row)."""
     return int(round(float(rec["duration_s"]) * SAMPLE_RATE))
 
 
