@@ -274,7 +274,7 @@ def test_train_py_runs_a_few_steps_from_each_schema(tmp_path, schema):
         args = ["data=hf", f"data.hf.path={SAMPLE / 'train'}", "data.hf.streaming=true", "data.hf.chunk_rows=64"]
     else:
         args = ["stage=sft_t2a", "data=hf_minimind", f"data.hf.path={SAMPLE_MM / 'train'}"]
-    res = run_train(*args, "data.hf.val_split=train[:8]" if "streaming=true" not in " ".join(args)
+    res = run_train(*args, "data.hf.val_split='train[:8]'" if "streaming=true" not in " ".join(args)
                     else "data.hf.val_split=train", "test=false", "logger=csv", "callbacks.text_metrics=null",
                     f"hydra.run.dir={tmp_path / 'run'}", f"paths.output_dir={tmp_path / 'run'}", "debug=fast",
                     env_extra=env)
