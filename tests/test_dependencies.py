@@ -28,7 +28,6 @@ INDIRECT: dict[str, tuple[str | None, str]] = {
     "rich": ("conf/callbacks/rich.yaml:RichProgressBar",
              "Lightning's RichProgressBar / RichModelSummary draw with it (callbacks=rich)"),
     "torchmetrics": (None, "pending issue 15 metrics/datasets work"),
-    "datasets": (None, "pending issue 15 metrics/datasets work"),
 }
 
 
