@@ -18,10 +18,11 @@ def package_dir(name: str) -> str:
 
 
 def best_precision() -> str:
-    """bf16 autocast where the hardware has it, full fp32 elsewhere (CPU autocast is slower than fp32 here)."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+    """`${omni.precision:}` (configs stored before `trainer.precision=auto`): what `auto` chooses on this machine
+    (omni/precision.py: bf16-mixed where the GPU or CPU has fast bf16 units, else 32-true)."""
+    from omni.precision import choose_precision
+
+    return choose_precision()[0]
 
 
 def wandb_offline() -> bool:
@@ -287,6 +288,9 @@ def validate_config(cfg: Any) -> None:
 
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     errors: list[str] = []
+    trainer = raw.get("trainer")
+    if isinstance(trainer, dict) and str(trainer.get("precision")).lower() == "auto":  # ours (omni/precision.py):
+        raw["trainer"] = {**trainer, "precision": None}  # omni.train resolves it before Lightning sees it
     for name, tp in TOP_LEVEL_TYPES.items():
         if name in raw:
             _check(raw[name], tp, name, errors)

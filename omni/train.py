@@ -97,6 +97,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from omni.families import registry
 
     check_families(cfg, registry())  # a model, data or stage of another family fails here in one line
+    from omni.precision import resolve_trainer_precision
+
+    resolve_trainer_precision(cfg)  # trainer.precision=auto -> bf16-mixed where bf16 units exist, else 32-true
     validate_config(cfg)  # wrong types fail here naming the key, not deep inside a run
     check_output_dirs(cfg)  # an unwritable output folder fails here naming it, not after the first epoch
     if cfg.get("seed") is not None:

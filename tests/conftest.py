@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMNI_AUTO_PRECISION", "32-true")  # trainer.precision=auto: same on every machine
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
