@@ -1,0 +1,120 @@
+"""`python -m omni.bench` times the real training step: the configured Trainer's fit (loader, clipping, scheduler,
+the module's step) with data loading inside the clock; the peak is measured in the run's dtype; JSON lines."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+
+def compose_bench(tmp_path, *overrides):
+    """conf/bench.yaml composed like `python -m omni.bench ...` (conftest.compose_cfg does conf/train.yaml)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import CONF
+    from omni.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("bench", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path)
+    return cfg
+
+
+SLEEP = 0.25  # seconds added to fetching every batch: a clock that excludes loading would not see it
+
+
+def test_bench_times_the_trainer_step_with_loading_clipping_and_scheduler(tmp_path, monkeypatch):
+    import time
+
+    import lightning.pytorch.plugins.precision.precision as lightning_precision
+    from hydra.utils import get_class
+
+    from omni import bench
+
+    cfg = compose_bench(tmp_path, "logger=none", "data.max_tokens=1200", "trainer=cpu", "trainer.precision=32-true",
+                        "bench.steps=2", "bench.warmup=1", "bench.matmul_n=64")
+    calls = {"train": 0, "clip": 0, "sched": 0, "fetch": 0, "peak_dtypes": []}
+    module_cls = get_class("omni.stages.module.OmniModule")
+    step, clip = module_cls.training_step, lightning_precision.Precision.clip_grad_by_norm
+    sched_step = torch.optim.lr_scheduler.LambdaLR.step
+    monkeypatch.setattr(module_cls, "training_step",
+                        lambda self, *a, **k: (calls.__setitem__("train", calls["train"] + 1), step(self, *a, **k))[1])
+    monkeypatch.setattr(lightning_precision.Precision, "clip_grad_by_norm",
+                        lambda self, *a, **k: (calls.__setitem__("clip", calls["clip"] + 1), clip(self, *a, **k))[1])
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step",
+                        lambda self, *a, **k: (calls.__setitem__("sched", calls["sched"] + 1),
+                                               sched_step(self, *a, **k))[1])
+    peak = bench.matmul_peak
+    monkeypatch.setattr(bench, "matmul_peak",
+                        lambda device, dtype, n, **k: (calls["peak_dtypes"].append(dtype), peak(device, dtype, n, **k))[1])
+    dm_cls = get_class(cfg.data._target_)
+    loader_fn = dm_cls.train_dataloader
+
+    class SlowLoader:  # the real loader, SLEEP seconds slower per batch
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                time.sleep(SLEEP)
+                calls["fetch"] += 1
+                yield batch
+
+    monkeypatch.setattr(dm_cls, "train_dataloader", lambda self: SlowLoader(loader_fn(self)))
+    report = bench.run_benchmark(cfg)
+
+    assert calls["train"] == 3  # warm-up 1 + timed 2, all through OmniModule.training_step under Trainer.fit
+    assert calls["clip"] == 3 and cfg.trainer.gradient_clip_val == 1.0  # Lightning clipped every step
+    assert calls["sched"] >= 3  # the warm-up cosine schedule stepped every optimizer step
+    assert report["steps"] == 2 and report["step_s"] >= SLEEP  # loading is inside the clock
+    assert report["precision"] == "32-true" and report["matmul_dtype"] == "float32"
+    assert calls["peak_dtypes"] == [torch.float32, torch.float32]  # measured before and after, in the run's dtype
+    assert report["matmul_peak_tflops"] == max(report["matmul_peak_tflops_before_after"])
+    # achieved = FLOPs per useful token * useful tokens / s; fraction = achieved / measured peak (hand formula)
+    achieved = report["flops_per_token"] * report["tokens_per_s"]
+    assert report["achieved_tflops"] == pytest.approx(achieved / 1e12, rel=0.01, abs=1e-4)
+    assert report["fraction_of_matmul_peak"] == pytest.approx(achieved / (report["matmul_peak_tflops"] * 1e12),
+                                                              rel=0.02)
+    assert 0 < report["fraction_of_matmul_peak"] < 1
+    assert report["gradient_clip_val"] == 1.0 and report["scheduler"] == "omni.optim.warmup_cosine"
+
+    lines = [json.loads(x) for x in bench.json_lines(report)]
+    assert {x["figure"] for x in lines} >= {"tokens_per_s", "fraction_of_matmul_peak", "peak_memory_gib"}
+    for line in lines:
+        assert {"machine", "cores", "threads", "precision", "matmul_dtype", "load_average_before_after"} <= set(line)
+        assert line["threads"] == torch.get_num_threads() and line["precision"] == "32-true"
+
+
+def test_bench_bf16_measures_the_bf16_peak_and_old_dtype_key_fails(tmp_path, monkeypatch):
+    from omni import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype, n, **k: seen.append(dtype) or 1e12)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr("omni.train.build_module", stop)
+    cfg = compose_bench(tmp_path, "trainer=cpu", "trainer.precision=bf16-mixed", "bench.matmul_n=64")
+    with pytest.raises(Stop):
+        bench.run_benchmark(cfg)
+    assert seen == [torch.bfloat16, torch.float32]  # the divisor is the bf16 peak; fp32's is reported beside it
+    with pytest.raises(ValueError, match="bench.dtype=bf16 is gone.*trainer.precision"):
+        bench.run_benchmark(compose_bench(tmp_path, "bench.dtype=bf16"))
