@@ -27,7 +27,6 @@ INDIRECT: dict[str, tuple[str | None, str]] = {
                                 "a Hydra plugin (hydra/launcher=slurm | submitit_local): Hydra loads it"),
     "rich": ("conf/callbacks/rich.yaml:RichProgressBar",
              "Lightning's RichProgressBar / RichModelSummary draw with it (callbacks=rich)"),
-    "torchmetrics": (None, "pending issue 15 metrics/datasets work"),
 }
 
 
