@@ -127,7 +127,7 @@ def configure_environment() -> None:
 # the top-level keys below are train.yaml's own. Family-agnostic: new families are covered by their annotations.
 TOP_LEVEL_TYPES: dict[str, Any] = {
     "task_name": str, "seed": int | None, "init_from": str | None, "ckpt_path": str | None, "test": bool,
-    "optimized_metric": str | None, "max_nonfinite_steps": int, "resume_dir": str | None,
+    "optimized_metric": str | None, "max_nonfinite_steps": int, "resume_dir": str | None, "compile": bool,
 }
 
 

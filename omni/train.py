@@ -38,6 +38,7 @@ def build_module(cfg: DictConfig, init_from: str | None):
         run_config=OmegaConf.to_container(cfg, resolve=True),
         max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
         lora=OmegaConf.to_container(cfg.lora, resolve=True) if cfg.get("lora") else None,  # conf/lora/
+        compile=bool(cfg.get("compile", False)),  # torch.compile the family model's forward
     )
 
 

@@ -57,7 +57,8 @@ def test_bench_times_the_trainer_step_with_loading_clipping_and_scheduler(tmp_pa
                                                sched_step(self, *a, **k))[1])
     peak = bench.matmul_peak
     monkeypatch.setattr(bench, "matmul_peak",
-                        lambda device, dtype, n, **k: (calls["peak_dtypes"].append(dtype), peak(device, dtype, n, **k))[1])
+                        lambda device, dtype, n, **k: (calls["peak_dtypes"].append(dtype),
+                                                       peak(device, dtype, n, **k))[1])
     dm_cls = get_class(cfg.data._target_)
     loader_fn = dm_cls.train_dataloader
 
@@ -118,3 +119,34 @@ def test_bench_bf16_measures_the_bf16_peak_and_old_dtype_key_fails(tmp_path, mon
     assert seen == [torch.bfloat16, torch.float32]  # the divisor is the bf16 peak; fp32's is reported beside it
     with pytest.raises(ValueError, match="bench.dtype=bf16 is gone.*trainer.precision"):
         bench.run_benchmark(compose_bench(tmp_path, "bench.dtype=bf16"))
+
+
+def test_step_flags_read_in_one_copy():
+    """OmniModule._flags: [loss finite], text targets > 0, audio targets > 0 (hand table), from one stacked copy."""
+    from omni.stages.module import OmniModule
+
+    out = {"loss": torch.tensor(float("nan")), "n_text_targets": torch.tensor(0), "n_audio_targets": torch.tensor(5)}
+    assert OmniModule._flags(out, finite=True) == [False, False, True]
+    out = {"loss": torch.tensor(2.0), "n_text_targets": 3, "n_audio_targets": torch.zeros((), dtype=torch.long)}
+    assert OmniModule._flags(out, finite=True) == [True, True, False]
+    assert OmniModule._flags(out) == [True, False]
+
+
+def test_compile_option_wraps_the_family_forward_keeping_names(compose, monkeypatch):
+    """compile=true: configure_model routes the family model's forward through torch.compile (stubbed here: the
+    real compile takes minutes on this CPU); parameter names (checkpoint keys) are unchanged; default off."""
+    from omni.train import build_module
+
+    assert compose().compile is False
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn, kw)) or fn)
+    module = build_module(compose("compile=true"), None)
+    names = [n for n, _ in module.named_parameters()]
+    module.configure_model()
+    module.configure_model()  # idempotent (Lightning may call it again)
+    assert len(compiled) == 1 and compiled[0][1] == {"dynamic": True}
+    assert compiled[0][0].__self__ is module.model  # the family model's own forward, not the LightningModule's
+    assert [n for n, _ in module.named_parameters()] == names
+    plain = build_module(compose(), None)
+    plain.configure_model()
+    assert len(compiled) == 1

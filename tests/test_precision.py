@@ -124,9 +124,10 @@ TOLERANCE = 0.01  # relative, per step. bf16 keeps 8 significant bits (0.4 % per
 
 
 def test_bf16_mixed_training_tracks_fp32(compose):
-    """The tiny Mini-Omni (conf/model/mini_omni_tiny.yaml) trains 8 steps (same seed, data, lr, clipping) in 32-true and in bf16-mixed: every step's
-    loss agrees within 1 % (relative). Controls: the two runs differ (bf16 really ran), and over the same steps the
-    fp32 loss falls by more than 3x the tolerance, so a bf16 run that did not learn would be outside it."""
+    """The tiny Mini-Omni (conf/model/mini_omni_tiny.yaml) trains 8 steps (same seed, data, lr, clipping) in 32-true
+    and in bf16-mixed: every step's loss agrees within 1 % (relative). Controls: the two runs differ (bf16 really
+    ran), and over the same steps the fp32 loss falls by more than 3x the tolerance, so a bf16 run that did not learn
+    would be outside it."""
     cfg = compose("stage=multimodal", "data.max_tokens=1200", "stage.lr=3e-3", "logger=none")
     fp32 = _losses(cfg, "32-true", STEPS)
     bf16 = _losses(cfg, "bf16-mixed", STEPS)

@@ -80,8 +80,10 @@ class OmniModule(LightningModule):
         run_config: dict | None = None,
         max_nonfinite_steps: int = 10,
         lora: Any = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.compile_model = bool(compile)  # `compile=true`: torch.compile the family model's forward (configure_model)
         if type(max_nonfinite_steps) is not int or max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps={max_nonfinite_steps!r} must be an integer >= 1 (consecutive "
                              f"optimizer steps with a non-finite loss / gradient skipped before the run stops)")
@@ -119,8 +121,9 @@ class OmniModule(LightningModule):
             return None  # every row of this batch was skipped (counted by DataHealthCallback)
         out = self.model(batch)
         self._window_ids.extend(str(i) for i in batch["ids"])
-        if bool(torch.isfinite(out["loss"].detach())):
-            self._log_step("train", out, batch)
+        finite, *present = self._flags(out, finite=True)  # one device -> host copy per step
+        if finite:
+            self._log_step("train", out, batch, present)
         else:  # still backpropagated (DDP ranks stay in step); the optimizer step is skipped below
             self._window_nonfinite_loss = True
         return self._differentiable(out["loss"])
@@ -137,6 +140,13 @@ class OmniModule(LightningModule):
         out = self.model(batch)
         self._log_step("test", out, batch)
 
+    def configure_model(self) -> None:
+        """`compile=true`: the family model's forward runs through torch.compile (dynamic shapes: token-budget batches
+        vary in length). The module keeps its class and parameter names, so checkpoints are unchanged."""
+        if self.compile_model and not getattr(self.model, "_omni_compiled", False):
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+            self.model._omni_compiled = True
+
     def on_train_epoch_start(self) -> None:
         frozen_modules_eval(self.model)
 
@@ -152,14 +162,24 @@ class OmniModule(LightningModule):
                      if self.lora is not None else ""))
 
     # -- helpers -----------------------------------------------------------------------------------------------
-    def _log_step(self, split: str, out: dict, batch: dict) -> None:
+    @staticmethod
+    def _flags(out: dict, finite: bool = False) -> list[bool]:
+        """[loss finite (with finite=True)], text targets > 0, audio targets > 0: read in ONE device -> host copy
+        (each `int(n)` / `bool(t)` is a sync that stalls a GPU's queue; three per step before)."""
+        device = out["loss"].device
+        flags = [torch.as_tensor(out[k], device=device).reshape(()) > 0 for k in ("n_text_targets", "n_audio_targets")]
+        if finite:
+            flags.insert(0, torch.isfinite(out["loss"].detach()).reshape(()))
+        return [bool(x) for x in torch.stack(flags).tolist()]
+
+    def _log_step(self, split: str, out: dict, batch: dict, present: list[bool] | None = None) -> None:
         bs = len(batch["ids"])
         on_step = split == "train"
         self.log(f"{split}/loss", out["loss"], prog_bar=True, batch_size=bs, on_step=on_step, on_epoch=True,
                  sync_dist=split != "train")
-        for name in ("loss_text", "loss_audio"):
-            n = out["n_text_targets" if name == "loss_text" else "n_audio_targets"]
-            if int(n) > 0:
+        present = self._flags(out) if present is None else present
+        for name, has in zip(("loss_text", "loss_audio"), present):
+            if has:
                 self.log(f"{split}/{name}", out[name], batch_size=bs, on_step=on_step, on_epoch=True,
                          sync_dist=split != "train")
         for name, value in out.get("metrics", {}).items():  # family-specific scalars (e.g. decision accuracy)
