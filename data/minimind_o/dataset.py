@@ -29,7 +29,7 @@ from data.minimind_o.schema import TASKS, first_image, parse_conversation, valid
 from omni.minimind_o.encoders import AUDIO_SR, MEL_HOP, AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.layout import (
     IMAGE_PLACEHOLDER, IMAGE_SEPS, Augment, Layout, add_system_prompt, augment_waveform, build_layout, frames_from_flat,
-    render_chat, scheduled_sampling, spec_augment,
+    place_image, render_chat, scheduled_sampling, spec_augment,
 )
 from omni.minimind_o.tokens import MiniMindOTokens
 
@@ -156,8 +156,7 @@ class RowReader:
             chat = render_chat(self.tok, self.encode, plan.messages, audio_frames=plan.frames,
                                n_image_tokens=self.vision.n_tokens, keep_think=plan.keep_think,
                                image_front=plan.image_front, image_sep=plan.image_sep)
-            lay = build_layout(self.tok, chat.prompt, chat.answer, plan.answer_codes, plan.ref_codes,
-                               speaker=plan.speaker_emb is not None, think=chat.think)
+            lay = self._build(chat, plan)
             if lay.length <= self.max_len:
                 return lay
             if plan.added_system or plan.keep_think:  # augmentation extras go before any real turn
@@ -171,10 +170,17 @@ class RowReader:
                 if lay.start >= self.max_len:
                     raise RowError("conversations", "too_long", f"prompt length {lay.start} >= max_len "
                                    f"{self.max_len}: no answer position is left")
-                return truncate(lay, self.max_len)
+                return self._cut(lay)
             dropped = plan.messages[first:nxt]
             plan.frames = plan.frames[sum("_audio" in m for m in dropped):]
             plan.messages = plan.messages[:first] + plan.messages[nxt:]
+
+    def _build(self, chat: Any, plan: Plan) -> Layout:
+        return build_layout(self.tok, chat.prompt, chat.answer, plan.answer_codes, plan.ref_codes,
+                            speaker=plan.speaker_emb is not None, think=chat.think)
+
+    def _cut(self, lay: Layout) -> Layout:
+        return truncate(lay, self.max_len)
 
 
 def truncate(lay: Layout, max_len: int) -> Layout:
@@ -214,6 +220,115 @@ def check_target(plan: Plan) -> None:
         raise RowError("conversations", "blank_text", "the target assistant turn is whitespace only")
 
 
+@dataclass(frozen=True)
+class Extent:
+    """What the index needs of a layout: its length L and answer start s (`build_layout` makes the tensors)."""
+
+    length: int
+    start: int
+
+
+class LengthReader(RowReader):
+    """The index's RowReader: the same `plan` / `layout` rules (exchange dropping, cut at max_len, every RowError)
+    over *light* records, without building tensors. Code lists arrive as `range(n_values)` stand-ins (their values
+    were range-checked column-wise, `light_records`), the speaker embedding as a checked zero vector, and the layout
+    length is computed as `build_layout` sizes its grid: L = max(s + m - 1, s + N + K if N else 0). Texts are
+    tokenised per row group in one batched tokenizer call (`prefill`), each occurrence counted (no cross-row
+    deduplication, so a corpus of repeated rows costs what a real one does); a text not prefilled is encoded alone."""
+
+    CONSTANT_TEXTS = ("\n", "\n\n", "system\n", "user\n", "assistant\n")
+
+    def __init__(self, reader: RowReader) -> None:
+        super().__init__(reader.tok, reader.tokenizer, reader.audio, reader.vision, reader.spk_dim, reader.max_len)
+        self._ids: dict[str, list[int]] = {}
+        self._backend = getattr(reader.tokenizer, "backend_tokenizer", None)  # fast (Rust) tokenizers only
+        if self._backend is not None:
+            super().encode("\n")  # syncs the backend's special-token setting as encode() does
+        self._batch = getattr(self._backend, "encode_batch_fast", None) or getattr(self._backend, "encode_batch", None)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            ids = self._ids[text] = super().encode(text)
+        return ids
+
+    def prefill(self, plans: list[Plan]) -> None:
+        """Tokenise every text the plans' chats will encode, in one batched call (fast tokenizers only)."""
+        texts = list(self.CONSTANT_TEXTS)
+        for plan in plans:
+            for m in plan.messages:
+                text = m["content"]
+                if m["role"] == "user" and IMAGE_PLACEHOLDER in text:
+                    texts.extend(p for p in place_image(text, plan.image_front, plan.image_sep)
+                                 .split(IMAGE_PLACEHOLDER) if p)
+                else:
+                    texts.append(text)
+        self._ids = {}
+        if self._batch is not None:  # = tokenizer.encode(text, add_special_tokens=False), without its per-text wrapping
+            self._ids = {t: e.ids for t, e in zip(texts, self._batch(texts, add_special_tokens=False))}
+
+    def _codes(self, flat: Any, column: str) -> torch.Tensor:
+        n = len(flat) // self.tok.n_codebooks  # flat: range(n_values), values already in range
+        if n == 0:
+            raise RowError(column, "bad_codes", f"fewer than {self.tok.n_codebooks} codes (one frame)")
+        return torch.empty((n, self.tok.n_codebooks), dtype=torch.long)
+
+    def _build(self, chat: Any, plan: Plan) -> Extent:
+        s, m = len(chat.prompt) + len(chat.think), len(chat.answer)
+        n = 0 if plan.answer_codes is None else int(plan.answer_codes.shape[0])
+        return Extent(max(s + m - 1, s + n + self.tok.n_codebooks if n else 0), s)
+
+    def _cut(self, lay: Extent) -> Extent:
+        return Extent(self.max_len, lay.start)
+
+
+def light_records(table: Any, reader: RowReader) -> tuple[list[dict[str, Any] | None], np.ndarray]:
+    """A row group -> (records for `LengthReader`, or None where a row must take the exact path). Code columns
+    become `range(n_values)` stand-ins (None / [] kept), `spk_emb` a zero vector; a row with a code outside
+    [0, codebook_size), a null code, or a speaker embedding of the wrong width / non-finite is None (the exact
+    path then reports it exactly as before)."""
+    import pyarrow.compute as pc
+
+    n, cb = table.num_rows, reader.tok.codebook_size
+    exact = np.zeros(n, dtype=bool)
+    cols: dict[str, list] = {}
+
+    def bad_values(values: Any, rows: np.ndarray, ok) -> None:
+        v = values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0)
+        bad = ~ok(v) | (np.isnan(v) if v.dtype.kind == "f" else False)
+        if bad.any():
+            exact[np.unique(rows[bad])] = True
+
+    for name in ("id", "conversations", "question_audios", "image_bytes"):
+        if name in table.column_names:
+            cols[name] = table.column(name).to_pylist()
+    if "answer_audios" in table.column_names:
+        outer = table.column("answer_audios").combine_chunks()
+        turns = pc.list_flatten(outer)
+        turn_row = pc.list_parent_indices(outer).to_numpy()
+        turn_len = pc.list_value_length(turns).to_numpy(zero_copy_only=False)
+        bad_values(pc.list_flatten(turns), turn_row[pc.list_parent_indices(turns).to_numpy()],
+                   lambda v: (v >= 0) & (v < cb))
+        per_row: list = [None if not valid else [] for valid in outer.is_valid().to_numpy(zero_copy_only=False)]
+        for r, k in zip(turn_row.tolist(), turn_len.tolist()):
+            per_row[r].append(None if k != k else range(int(k)))  # k != k: a null turn (NaN)
+        cols["answer_audios"] = per_row
+    if "ref_audios" in table.column_names:
+        col = table.column("ref_audios").combine_chunks()
+        lens = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        bad_values(pc.list_flatten(col), pc.list_parent_indices(col).to_numpy(), lambda v: (v >= 0) & (v < cb))
+        cols["ref_audios"] = [None if k != k else range(int(k)) for k in lens.tolist()]
+    if "spk_emb" in table.column_names:
+        col = table.column("spk_emb").combine_chunks()
+        lens = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        bad_values(pc.list_flatten(col), pc.list_parent_indices(col).to_numpy(), np.isfinite)
+        exact |= (lens == lens) & (lens != 0) & (lens != reader.spk_dim)
+        zero = np.zeros(reader.spk_dim, dtype=np.float32)
+        cols["spk_emb"] = [None if k != k else zero if k else [] for k in lens.tolist()]
+    recs = [None if exact[r] else {c: v[r] for c, v in cols.items()} for r in range(n)]
+    return recs, exact
+
+
 def header_samples(data: bytes) -> int:
     """16 kHz samples of an encoded clip from its header only (what decode_audio would return)."""
     return int(round(audio_duration(data) * AUDIO_SR))
@@ -236,6 +351,7 @@ class MiniMindOIndex(RowIndex):
         if not self.files:
             raise ValueError("MiniMindOIndex needs at least one parquet file")
         self.reader, self.strict = reader, strict
+        self._fast: LengthReader | None = None
         self.skipped: list[Skipped] = []
         rows: list[tuple[int, ...]] = []
         group_base = 0
@@ -250,12 +366,10 @@ class MiniMindOIndex(RowIndex):
                 if table is None:
                     row_in_file += pf.metadata.row_group(g).num_rows
                     continue
-                recs = table.to_pylist()
-                for r, rec in enumerate(recs):
-                    task, length = self._length_or_skip(path, row_in_file + r, rec)
+                for r, (task, length) in enumerate(self._group_lengths(path, row_in_file, table)):
                     if length:
                         rows.append((shard, g, r, row_in_file + r, group_base + g, TASKS.index(task), length))
-                row_in_file += len(recs)
+                row_in_file += table.num_rows
             group_base += pf.num_row_groups
         arr = np.asarray(rows, dtype=np.int64).reshape(-1, 7)
         for k, name in enumerate(("shard", "group", "row_in_group", "row_in_file", "group_id")):
@@ -266,11 +380,36 @@ class MiniMindOIndex(RowIndex):
         self.lengths[np.arange(len(arr)), arr[:, 5]] = np.minimum(arr[:, 6] + int(margin), reader.max_len)
         self.n_groups = group_base
 
-    def _length_or_skip(self, path: str, row: int, rec: dict[str, Any]) -> tuple[str, int]:
+    def _group_lengths(self, path: str, first_row: int, table: Any) -> list[tuple[str, int]]:
+        """(task, exact length) of each row of a row group ("", 0: skipped and recorded), in row order. Light rows
+        (`light_records`) are planned first, their texts tokenised in one batch, then laid out by `LengthReader`
+        (no tensors); the others (bad codes / embedding) take the exact tensor path, which names their error."""
+        if self._fast is None:
+            self._fast = LengthReader(self.reader)
+        recs, exact = light_records(table, self.reader)
+        plans: list[Plan | RowError] = []
+        for r, rec in enumerate(recs):
+            if rec is None:
+                recs[r] = table.slice(r, 1).to_pylist()[0]
+                plans.append(None)
+                continue
+            try:
+                plans.append(self._fast.plan(rec, header_samples, None, None))
+            except RowError as err:
+                plans.append(err)
+        self._fast.prefill([p for p in plans if isinstance(p, Plan)])
+        return [self._length_or_skip(path, first_row + r, rec, plan, self.reader if exact[r] else self._fast)
+                for r, (rec, plan) in enumerate(zip(recs, plans))]
+
+    def _length_or_skip(self, path: str, row: int, rec: dict[str, Any], plan: Any = None,
+                        reader: RowReader | None = None) -> tuple[str, int]:
+        reader = reader or self.reader
         try:
-            plan = self.reader.plan(rec, header_samples, None, None)
+            if isinstance(plan, RowError):
+                raise plan
+            plan = plan or reader.plan(rec, header_samples, None, None)
             check_target(plan)
-            length = self.reader.layout(plan).length
+            length = reader.layout(plan).length
             if rec.get("id") is not None:  # default ids (<file stem>:<row>) are unique
                 self._claim_id(row_id(rec, path, row), path, row)
             return plan.task, length
