@@ -117,6 +117,16 @@ def aux_prefixes(model: nn.Module) -> tuple[str, ...]:
         return ()
 
 
+def split_metric(model: nn.Module):
+    """A new instance of the model's family split-level metric (a torchmetrics `Metric`; `Family.split_metric`),
+    or None (no such metric, or a model outside the registry)."""
+    try:
+        family = family_of(model)
+    except TypeError:
+        return None
+    return family.load("split_metric")() if family.split_metric else None
+
+
 def lora_targets(model: nn.Module) -> tuple[str, ...]:
     """The model's family default LoRA targets (module-name globs of its LLM / Thinker; omni/lora.py); ()
     outside the registry (then `lora.targets` must be set)."""

@@ -68,6 +68,9 @@ class Family:
                                         # Linear layers PEFT LoRA wraps when `lora.targets` is null (omni/lora.py)
     hf_schemas: str | None = None  # module with `SCHEMAS = {name: data.hf.HFSchema}`: the published Hugging Face
                                    # dataset schemas its data reads with `data.source=hf` (data/hf.py)
+    split_metric: str | None = None  # torchmetrics `Metric` class: `update(model output)` every step, `compute() ->
+                                     # {name: value}` logged as `{split}/<name>` at each epoch end, over the whole
+                                     # split and every rank (omni/stages/module.py)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.text_metric_tasks) - set(self.tasks))

@@ -148,3 +148,89 @@ def test_full_size_config_on_meta_device():
     llm = sum(p.numel() for p in m.backbone.parameters())
     tower = sum(p.numel() for p in m.audio_encoder.parameters())
     assert 3.0e9 < llm < 3.2e9 and 0.6e9 < tower < 0.7e9
+
+
+# -- split-level decision metrics (torchmetrics, summed counts) -----------------------------------------------------
+# batch A (1 session): reply due at chunk 0 and predicted there: tp 1, fp 0, fn 0, 3/3 correct, onset |0 - 0| = 0
+TABLE_A = dict(true=[1, 0, 0], pred=[1, 0, 0], item=[0, 0, 0])
+# batch B (2 sessions): the hand table of test_decision_metrics_by_hand: tp 1, fp 3, fn 2, 6/11, onsets 1 + 1 over 3
+TABLE_B = dict(true=[0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0], pred=[0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 1], item=[0] * 8 + [1] * 3)
+# the split: tp 2, fp 3, fn 2 -> F1 2*2 / (2*2 + 3 + 2) = 4/9, precision 2/5, recall 2/4; accuracy (3 + 6) / 14;
+# onset (0 + 2) / (1 + 3) = 1/2.  Mean of the batch F1s (1 + 2/7) / 2 = 9/14; batch-size-weighted (1 * 1 + 2 * 2/7)
+# / 3 = 11/21 (what val/reply_f1 logged before): both differ from 4/9.
+SPLIT = {"reply_f1": 4 / 9, "reply_precision": 2 / 5, "reply_recall": 1 / 2, "decision_acc": 9 / 14,
+         "onset_error": 1 / 2}
+
+
+def table_counts(t):
+    true, pred = torch.tensor(t["true"], dtype=torch.bool), torch.tensor(t["pred"], dtype=torch.bool)
+    return decision_counts(pred, true, pred == true, torch.tensor(t["item"]))
+
+
+def test_decision_metric_is_the_split_value_not_a_mean_of_batches():
+    from omni.mini_omni3.metrics import DecisionMetrics
+
+    metric = DecisionMetrics()
+    metric.update({"decision_counts": table_counts(TABLE_A), "loss": 0.0})
+    metric.update({"loss": 0.0})  # a batch without decisions (offline rows only) adds nothing
+    metric.update({"decision_counts": table_counts(TABLE_B)})
+    got = {k: float(v) for k, v in metric.compute().items()}
+    assert got == pytest.approx(SPLIT)
+    assert got["reply_f1"] != pytest.approx(9 / 14) and got["reply_f1"] != pytest.approx(11 / 21)
+    metric.reset()
+    assert metric.compute() == {}
+
+
+class RiggedDecisions(MiniOmni3):
+    """The real forward and loss; the decisions of the i-th call come from a hand table (a subclass: still the
+    Mini-Omni3 family for the registry)."""
+
+    tables: list = []
+
+    def decision_counts(self, *args, **kwargs):
+        return table_counts(self.tables.pop(0))
+
+
+def test_val_reply_f1_logged_over_the_split(tmp_path):
+    """Through OmniModule + Lightning's validate: two batches (1 and 2 sessions) whose decisions are TABLE_A and
+    TABLE_B log val/reply_f1 = 4/9 and the other split scores, not the batch-weighted 11/21."""
+    import functools
+
+    from lightning import Trainer
+
+    from omni.stages.module import OmniModule
+
+    torch.manual_seed(0)
+    rigged = RiggedDecisions(model_cfg("mini_omni3_tiny.yaml")).eval()
+    RiggedDecisions.tables = [TABLE_A, TABLE_B]
+    batch_b, _ = make_batch(rigged)
+    online = online_sequence(rigged.tokens, [5, 6, 7], 3, {1: Reply((40, 41, 42), "happy")})
+    batch_a = StreamingCollator(rigged.tokens)([{"id": "c", "task": "online", "sequence": online, "features": None,
+                                                 "mels": torch.randn(3, 128, 40), "reply_text": ["x"]}])
+    module = OmniModule(rigged, {"name": "s", "trainable": ["*"], "tasks": {"online": 1.0}},
+                        optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.validate(module, dataloaders=torch.utils.data.DataLoader([batch_a, batch_b], batch_size=None,
+                                                                     collate_fn=lambda x: x))
+    got = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
+           if k.removeprefix("val/") in SPLIT}
+    assert got == pytest.approx(SPLIT)
+    assert got["reply_f1"] != pytest.approx(11 / 21)
+
+
+@pytest.mark.slow  # two spawned processes
+def test_decision_metric_syncs_over_two_gloo_processes(tmp_path):
+    """Rank 0 holds batch A's decisions, rank 1 batch B's: both compute the split's 4/9 (each rank's own F1 is
+    1 and 2/7)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from tests.gloo_workers import decision_metrics_worker
+
+    counts = [table_counts(TABLE_A), table_counts(TABLE_B)]
+    mp.spawn(decision_metrics_worker, args=(2, str(tmp_path / "init"), str(tmp_path), counts), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got == pytest.approx(SPLIT)

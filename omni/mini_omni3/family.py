@@ -25,4 +25,6 @@ FAMILY = Family(
     # lora=: every Linear of the Qwen2 LLM's blocks (not the audio tower / projector)
     packer="data.mini_omni3.collate.pack",  # data.packing=true: several rows per sequence (data/packing.py)
     lora_targets=("backbone.model.layers.*.self_attn.[qkvo]_proj", "backbone.model.layers.*.mlp.*_proj"),
+    # {split}/decision_acc, reply_precision / recall / f1, onset_error from the split's summed decision counts
+    split_metric="omni.mini_omni3.metrics.DecisionMetrics",
 )

@@ -1,7 +1,9 @@
 """Listen/speak decision metrics from per-chunk decisions (pure tensor functions, no model, no I/O).
 
 A decision is the token predicted at a chunk's ASSISTANT: positive = TEXT_BEGIN (reply now), negative = anything
-else (KEEP_SILENCE, or a wrong token). Counts add over batches, so a split's exact scores come from summed counts.
+else (KEEP_SILENCE, or a wrong token). Counts add over batches, so a split's exact scores come from summed counts:
+`DecisionMetrics` is the torchmetrics `Metric` holding them (states summed over batches and, under DDP, over ranks),
+logged as `{split}/decision_acc`, `reply_f1`, ... at each epoch end (the family's `split_metric`).
 
 Response-onset error: for each labelled reply chunk c of a session, the predicted replies inside its turn window
 (after the previous labelled reply, before the next one) are searched and the nearest one gives |pred - c|
@@ -10,6 +12,7 @@ chunks; a reply with no prediction in its window is a miss (it counts in recall,
 from __future__ import annotations
 
 import torch
+from torchmetrics import Metric
 
 COUNT_KEYS = ("n", "correct", "tp", "fp", "fn", "onset_abs", "onset_n")
 
@@ -67,3 +70,32 @@ def scores(counts: dict[str, float]) -> dict[str, float]:
 
 def add_counts(total: dict[str, float], new: dict[str, float]) -> dict[str, float]:
     return {k: total.get(k, 0) + new.get(k, 0) for k in COUNT_KEYS}
+
+
+class DecisionMetrics(Metric):
+    """Split-level decision scores (`scores`) from the summed counts of every update (COUNT_KEYS states,
+    `dist_reduce_fx="sum"`: synced over ranks before `compute`), not a mean of per-batch scores. `update` takes the
+    model's forward output (its `decision_counts`; outputs without them are skipped) or a counts dict."""
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for key in COUNT_KEYS:
+            self.add_state(key, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, out: dict) -> None:
+        counts = out.get("decision_counts", out if "n" in out else None)
+        if not counts:
+            return
+        for key in COUNT_KEYS:
+            setattr(self, key, getattr(self, key) + int(counts.get(key, 0)))
+
+    def counts(self) -> dict[str, int]:
+        return {key: int(getattr(self, key)) for key in COUNT_KEYS}
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """{decision_acc, reply_precision, reply_recall, reply_f1, onset_error} (those with a non-zero
+        denominator over the whole split)."""
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in scores(self.counts()).items()}

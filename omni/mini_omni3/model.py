@@ -16,7 +16,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from omni.mini_omni3.encoder import FRAMES_PER_CHUNK, ChunkwiseAudioEncoder, audio_config, load_tower_weights
 from omni.mini_omni3.layout import RELEASED_SYSTEM_PROMPT
-from omni.mini_omni3.metrics import decision_counts, scores
+from omni.mini_omni3.metrics import decision_counts
 from omni.mini_omni3.tokens import IGNORE, MiniOmni3Tokens
 from omni.packing import attention_inputs, is_packed, item_of_position
 
@@ -168,8 +168,8 @@ class MiniOmni3(nn.Module):
                          ) -> dict[str, Any]:
         """h (B, L, D), targets (B, L) next-token ids or IGNORE, decision_mask (B, L) bool, rows (B, L) the
         session each position belongs to (a packed batch; default: its sequence). Logits only at the N target
-        positions; KEEP_SILENCE targets weigh `keep_silence_weight`. Also returns decision counts and their scores
-        (`metrics`)."""
+        positions; KEEP_SILENCE targets weigh `keep_silence_weight`. Also returns the batch's decision counts
+        (`decision_counts`; the split's scores come from their sums: metrics.DecisionMetrics)."""
         tok = self.tokens
         sel = targets != IGNORE  # (B, L)
         tgt = targets[sel]  # (N,)
@@ -184,7 +184,6 @@ class MiniOmni3(nn.Module):
         if decision_mask is not None and bool(decision_mask.any()):
             counts = self.decision_counts(logits.detach(), tgt, sel, decision_mask, rows)
             out["decision_counts"] = counts
-            out["metrics"] = {k: torch.tensor(float(v), device=h.device) for k, v in scores(counts).items()}
         return out
 
     def decision_counts(self, logits: torch.Tensor, tgt: torch.Tensor, sel: torch.Tensor,

@@ -1,6 +1,6 @@
 """Exact listen/speak scores over a whole split (summed counts, not batch means), two ways:
 
-- teacher-forced: the training layout, argmax at every chunk's ASSISTANT (what `val/reply_f1` logs per batch);
+- teacher-forced: the training layout, argmax at every chunk's ASSISTANT (what `val/reply_f1` logs: DecisionMetrics);
 - free-running: each session's audio replayed through a `StreamingSession` (greedy), the model's own decisions
   and replies fed back, predicted reply chunks compared with the labelled ones.
 

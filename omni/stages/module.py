@@ -7,6 +7,7 @@ checkpoint as plain data (so checkpoints load with `torch.load(weights_only=True
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from omni.lora import settings as lora_settings
 from omni.stages.freeze import apply_trainable, frozen_modules_eval
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -114,6 +116,12 @@ class OmniModule(LightningModule):
         self.param_counts = apply_trainable(self.model, self.stage.trainable, self.stage.optional_trainable, frozen)
         if self.lora is not None:
             self.param_counts = trainable_with_lora(self.model)
+        # the family's split-level metric (a torchmetrics Metric, e.g. Mini-Omni3's decision scores), one per split:
+        # updated with every step's model output, computed over the whole split and every rank at the epoch's end
+        from omni.families import split_metric
+
+        metrics = {f"{split}_metric": split_metric(self.model) for split in SPLITS}
+        self.split_metrics = nn.ModuleDict(metrics) if all(m is not None for m in metrics.values()) else None
 
     # -- steps -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -150,6 +158,15 @@ class OmniModule(LightningModule):
     def on_train_epoch_start(self) -> None:
         frozen_modules_eval(self.model)
 
+    def on_train_epoch_end(self) -> None:
+        self._log_split_metric("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split_metric("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split_metric("test")
+
     def on_fit_start(self) -> None:
         counts = {f"params/{k}": v for k, v in self.param_counts.items()}
         for logger in self.loggers:
@@ -182,12 +199,27 @@ class OmniModule(LightningModule):
             if has:
                 self.log(f"{split}/{name}", out[name], batch_size=bs, on_step=on_step, on_epoch=True,
                          sync_dist=split != "train")
-        for name, value in out.get("metrics", {}).items():  # family-specific scalars (e.g. decision accuracy)
+        for name, value in out.get("metrics", {}).items():  # family-specific scalars (e.g. an auxiliary loss)
             self.log(f"{split}/{name}", value, batch_size=bs, on_step=on_step, on_epoch=True,
                      sync_dist=split != "train")
+        if self.split_metrics is not None:
+            self.split_metrics[f"{split}_metric"].update(out)
         if split == "train":
             self.log("train/tokens", float(batch["n_tokens"]), reduce_fx="sum", on_step=False, on_epoch=True,
                      batch_size=bs)
+
+    def _log_split_metric(self, split: str) -> None:
+        """Log the split metric's values as `{split}/<name>` and reset it. `compute()` sums the states over every
+        rank first (a collective: every rank reaches this hook), so each rank logs the split's value."""
+        if self.split_metrics is None:
+            return
+        metric = self.split_metrics[f"{split}_metric"]
+        with warnings.catch_warnings():  # a split (or a rank) without updates computes from zero counts
+            warnings.filterwarnings("ignore", message=r".*compute.*called before the ..update")
+            values = metric.compute()
+        metric.reset()
+        for name, value in values.items():
+            self.log(f"{split}/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
 
     def _differentiable(self, loss: torch.Tensor) -> torch.Tensor:
         """A batch whose tasks have no path to a trainable parameter (e.g. TTS while only the audio adapter
