@@ -150,3 +150,21 @@ def test_compile_option_wraps_the_family_forward_keeping_names(compose, monkeypa
     plain = build_module(compose(), None)
     plain.configure_model()
     assert len(compiled) == 1
+
+
+@pytest.mark.parametrize("precision,clip,fused", [("32-true", 1.0, True), ("bf16-true", 1.0, True),
+                                                   ("bf16-mixed", 1.0, False), ("bf16-mixed", None, True),
+                                                   ("16-mixed", 1.0, False)])
+def test_fused_adamw_default_except_where_lightning_refuses_it(compose, precision, clip, fused):
+    """conf/train.yaml's AdamW is fused; Lightning's mixed-precision plugin refuses clipping with a fused optimizer,
+    so under *-mixed with clipping the module builds it unfused (table drawn from Lightning's amp.clip_gradients)."""
+    from types import SimpleNamespace
+
+    from omni.train import build_module
+
+    cfg = compose()
+    assert cfg.optimizer.fused is True
+    module = build_module(cfg, None)
+    module._trainer = SimpleNamespace(precision=precision, gradient_clip_val=clip, estimated_stepping_batches=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults["fused"]) is fused

@@ -274,6 +274,14 @@ class OmniModule(LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params=params)
+        trainer = self._trainer
+        if optimizer.defaults.get("fused") and trainer is not None and str(trainer.precision).endswith("-mixed") \
+                and trainer.gradient_clip_val:
+            # Lightning's mixed-precision plugin refuses gradient clipping with any fused optimizer (it assumes the
+            # kernel unscales fp16 gradients), even for bf16, which has no scaler: build the unfused one instead
+            log.info("optimizer.fused=true is not used under precision=%s with gradient clipping (Lightning refuses "
+                     "it); the optimizer runs unfused", trainer.precision)
+            optimizer = self.optimizer_factory(params=params, fused=False)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
