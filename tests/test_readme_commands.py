@@ -84,7 +84,7 @@ def test_readme_documents_the_marker_and_runs_most_lines():
     commands = readme_commands()
     assert MARKER in README.read_text().replace("`", "")  # the README explains the marker
     run = [c for c in commands if c[2] is None]
-    assert len(commands) >= 20 and 3 * len(run) >= 2 * len(commands), commands  # most lines run in CI
+    assert len(commands) >= 20 and 2 * len(run) > len(commands), commands  # most lines run in CI
     for line, command, needs in commands:
         if needs is None:
             assert not re.search(r"/models/|/data/", command), f"README:{line} uses your files: mark it `{MARKER}`"

@@ -71,7 +71,7 @@ MINIMIND_MODELS = "minimind_o, minimind_o_512, minimind_o_tiny"
      f"stage=sft_t2a is MiniMind-O but model=mini_omni_tiny is Mini-Omni / Mini-Omni2; MiniMind-O models: "
      f"{MINIMIND_MODELS}; or a Mini-Omni / Mini-Omni2 stage: adapter, alignment, multimodal, vision_alignment"),
     (["stage=sft_t2a", "data=sample"],
-     "stage=sft_t2a is MiniMind-O but data=sample is Mini-Omni / Mini-Omni2; MiniMind-O data: minimind_parquet, "
+     "stage=sft_t2a is MiniMind-O but data=sample is Mini-Omni / Mini-Omni2; MiniMind-O data: hf_minimind, minimind_parquet, "
      "minimind_sample; or a Mini-Omni / Mini-Omni2 stage: adapter, alignment, multimodal, vision_alignment"),
     (["stage=streaming", "model=mini_omni_tiny", "data=minimind_sample"],
      "stage=streaming is Mini-Omni3 but model=mini_omni_tiny is Mini-Omni / Mini-Omni2 and data=minimind_sample is "
