@@ -79,13 +79,16 @@ def point(max_len: int, budget: int, steps: int, threads: int, overrides: list[s
     from data.minimind_o.schema import WRITE_SCHEMA
     from data.prepare import ShardWriter
 
+    from omni.bench_data import compose
+
+    spk_dim = int(compose(overrides).data.spk_dim)  # the model's speaker-embedding width (rows must match it)
     tmp = tempfile.mkdtemp(prefix="omni_growth_")
     n_rows = max(16, (steps + 2) * budget // max(1, int(0.75 * max_len)) + 8)
     # laid-out length ~ frames + 30 positions with the tiny tokenizer (bench_data.py); rows over max_len are cut
     hi = max(8, max_len - 30)
     lo = max(4, int(0.75 * max_len) - 30)
     with ShardWriter(os.path.join(tmp, "train"), shard_rows=100_000, row_group_rows=256, schema=WRITE_SCHEMA) as w:
-        for row in bench_rows(n_rows, lo, hi):
+        for row in bench_rows(n_rows, lo, hi, spk_dim=spk_dim):
             w.add(row)
     model, optimizer, loader = _module_and_loader(
         [*overrides, f"data.train={tmp}/train", "data.val=null", "data.test=null", f"data.max_len={max_len}",
