@@ -255,7 +255,7 @@ def test_minimind_release_parquet_reads_as_the_parquet_path(tmp_path):
 def run_train(*args, env_extra=None, timeout=600):
     import os
 
-    env = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"],
+    env = {"HF_HUB_OFFLINE": "1", "OMNI_AUTO_PRECISION": "32-true", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"],
            "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home()), **(env_extra or {})}
     return subprocess.run([sys.executable, "train.py", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, env=env)

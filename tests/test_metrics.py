@@ -143,7 +143,7 @@ def test_sharded_text_metrics_equal_single_process_cer(tmp_path):
 
     from tests.conftest import ROOT
 
-    env = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+    env = {"HF_HUB_OFFLINE": "1", "OMNI_AUTO_PRECISION": "32-true", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
            "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())}
     common = ["debug=fast", "logger=csv", "data.max_tokens=1200", "test=false", "stage.lr=0", "seed=4",
               "callbacks.text_metrics.max_examples=5", "trainer.accelerator=cpu"]

@@ -34,7 +34,7 @@ def test_streaming_stage_trains_the_llm_only(compose):
 
 @pytest.mark.slow
 def test_tiny_streaming_run_reaches_reply_f1(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+    env = {"HF_HUB_OFFLINE": "1", "OMNI_AUTO_PRECISION": "32-true", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
            "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())}
     res = subprocess.run([sys.executable, "train.py", "experiment=streaming_tiny", "logger=csv",
                           "callbacks.progress_bar=null", "test=false", f"hydra.run.dir={tmp_path}",

@@ -104,7 +104,7 @@ def test_resume_restores_optimizer_scheduler_and_steps(tmp_path):
 
 
 def run_cli(*args, timeout=300):
-    env = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+    env = {"HF_HUB_OFFLINE": "1", "OMNI_AUTO_PRECISION": "32-true", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
            "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                           env=env)
