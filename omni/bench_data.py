@@ -236,6 +236,14 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (data.num_workers)")
     p.add_argument("--out", default=None, help="corpus folder (kept); default: a temporary folder, removed")
     p.add_argument("--keep", action="store_true", help="keep the temporary corpus")
+    return parse_with_overrides(p, argv)
+
+
+def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+    """A benchmark's own options, and the train.py `key=value` overrides that follow them (offline settings set)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args, overrides = p.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
@@ -244,8 +252,6 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args, overrides = parse(argv)
     run(args, overrides)
     return 0

@@ -194,16 +194,12 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--steps", type=int, default=2, help="timed optimizer steps per point (after one warm-up)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--point", type=int, nargs=2, default=None, help=argparse.SUPPRESS)  # one grid point (internal)
-    args, overrides = p.parse_known_args(argv)
-    bad = [o for o in overrides if o.startswith("-")]
-    if bad:
-        p.error(f"unknown option(s) {bad}; train.py overrides are key=value")
-    return args, overrides
+    from omni.bench_data import parse_with_overrides
+
+    return parse_with_overrides(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args, overrides = parse(argv)
     if args.point:
         print(json.dumps(point(*args.point, args.steps, args.threads, [*GRID_DEFAULTS, *overrides])))
