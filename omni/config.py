@@ -143,6 +143,23 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _scalar_check(tp: Any):
+    """(accepts(value), expected-name) for a scalar annotation (None, bool, int, float, str, a path), else None."""
+    if tp is type(None):
+        return (lambda v: v is None), "None"
+    if tp is bool:
+        return (lambda v: isinstance(v, bool)), "bool"
+    if tp is int:
+        return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "int"
+    if tp is float:
+        return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), "float"
+    if tp is str:
+        return (lambda v: isinstance(v, str)), "str"
+    if tp is Path or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
+        return (lambda v: isinstance(v, (str, os.PathLike))), "a path"
+    return None
+
+
 def _check(value: Any, tp: Any, key: str, errors: list[str]) -> None:
     """Append to `errors` when `value` cannot be a `tp`. Unknown annotations (classes, Any, TypeVars) accept."""
     import dataclasses
@@ -173,26 +190,11 @@ def _check(value: Any, tp: Any, key: str, errors: list[str]) -> None:
         if value not in args:
             errors.append(f"{key}: expected one of {list(args)}, got {value!r}")
         return
-    if tp is type(None):
-        if value is not None:
-            errors.append(f"{key}: expected None, got {value!r} ({type(value).__name__})")
-        return
-    if tp is bool:
-        if not isinstance(value, bool):
-            errors.append(f"{key}: expected bool, got {value!r} ({type(value).__name__})")
-        return
-    if tp in (int, float):
-        ok = isinstance(value, int) if tp is int else isinstance(value, (int, float))
-        if not ok or isinstance(value, bool):
-            errors.append(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
-        return
-    if tp is str:
-        if not isinstance(value, str):
-            errors.append(f"{key}: expected str, got {value!r} ({type(value).__name__})")
-        return
-    if tp is Path or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
-        if not isinstance(value, (str, os.PathLike)):
-            errors.append(f"{key}: expected a path, got {value!r} ({type(value).__name__})")
+    scalar = _scalar_check(tp)
+    if scalar is not None:
+        accepts, expected = scalar
+        if not accepts(value):
+            errors.append(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
         return
     container = origin or tp
     if container in (list, tuple, typing.Sequence, set, frozenset) or (
