@@ -38,7 +38,9 @@ def check_finite(wav: np.ndarray, what: str = "audio") -> np.ndarray:
 def to_mono(wav: np.ndarray) -> np.ndarray:
     """(n,) or (n, channels) -> (n,) float32, channels mixed down by their mean."""
     wav = np.asarray(wav, dtype=np.float32)
-    if wav.ndim == 2:
+    if wav.ndim == 2 and wav.shape[1] == 1:  # mono read as (n, 1): the column itself (its mean, without a reduction)
+        wav = wav[:, 0]
+    elif wav.ndim == 2:
         wav = wav.mean(axis=1)
     elif wav.ndim != 1:
         raise ValueError(f"expected a (n,) or (n, channels) waveform, got shape {wav.shape}")

@@ -24,6 +24,7 @@ from data.audio import AudioDecodeError, decode_audio
 from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths, open_table
 from data.mini_omni.lengths import AUDIO_IN, IMAGE_IN, TASK_ORDER, encoder_frames, estimate_length
 from data.mini_omni.schema import CODES_PER_FRAME, SCHEMA, TASK_REQUIREMENTS, validate_table
+from data.text import encode_plain
 
 LIGHT_COLUMNS = ("id", "task", "duration_s", "n_frames", "question_text", "answer_text")
 MASK = np.uint16  # task bitmask dtype: bit i = TASK_ORDER[i]
@@ -276,13 +277,13 @@ def window_log_mel(wav: np.ndarray, mel_filters: np.ndarray, n_samples: int, n_f
     x = torch.zeros(length, dtype=torch.float32)
     x[:n] = torch.from_numpy(np.asarray(wav[:n], dtype=np.float32))
     window, filters = _stft_constants(n_fft, mel_filters)
-    stft = torch.stft(x, n_fft, HOP, window=window, return_complex=True)
-    power = (stft[..., :-1].abs() ** 2).contiguous()
-    k = power.shape[1]
-    log_valid = torch.clamp(filters @ power, min=1e-10).log10()
+    stft = torch.stft(x, n_fft, HOP, window=window, return_complex=True)[..., :-1]
+    power = stft.real.square() + stft.imag.square()  # |z|^2 without abs()'s hypot + sqrt (4x cheaper, same to 1 ulp)
+    log_valid = torch.clamp(filters @ power, min=1e-10).log10_()
+    k = log_valid.shape[1]
     top = log_valid.max() if k == n_mel_frames else torch.clamp(log_valid.max(), min=-10.0)  # padding: log10(1e-10)
     out = torch.empty(filters.shape[0], n_mel_frames, dtype=torch.float32)
-    out[:, :k] = torch.maximum(log_valid, top - 8.0)
+    torch.maximum(log_valid, top - 8.0, out=out[:, :k])
     out[:, k:] = torch.clamp(top - 8.0, min=-10.0)  # padding frames: max(-10, top - 8)
     return out.add_(4.0).div_(4.0)
 
@@ -367,8 +368,11 @@ class OmniDataset(RowGroupDataset):
             else self._tokenize(rec["answer_text"], "answer_text")
         codes = self._codes(rec["answer_codes"], rec["n_frames"]) if "answer_codes" in needs else None
         # the question's transcript for audio input (auxiliary CTC targets; None when the row has no question_text)
-        transcript_ids = list(self.tokenizer.encode(rec["question_text"], add_special_tokens=False)) \
-            if task in AUDIO_IN and rec.get("question_text") else None
+        transcript_ids = None
+        if task == "asr":  # the answer is the transcript: tokenized once
+            transcript_ids = list(answer_ids)
+        elif task in AUDIO_IN and rec.get("question_text"):
+            transcript_ids = encode_plain(self.tokenizer, rec["question_text"])
         return {
             "id": rec["id"], "task": task, "question_ids": question_ids, "mels": mels, "n_audio_frames": n_audio,
             "transcript_ids": transcript_ids,
@@ -407,7 +411,7 @@ class OmniDataset(RowGroupDataset):
         return window_log_mel(wav, self.features.mel_filters, self.n_samples, self.features.n_fft), n_frames
 
     def _tokenize(self, text: str, column: str) -> list[int]:
-        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        ids = encode_plain(self.tokenizer, text)
         if not ids:
             raise RowError(column, "empty_text", f"{column} {text!r} tokenizes to no tokens")
         return ids
