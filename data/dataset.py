@@ -5,7 +5,11 @@ The families' own indexes and datasets live in data/<family>/dataset.py."""
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
+import tempfile
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -187,7 +191,7 @@ class RowGroupDataset(Dataset):
         for key, column in self.feature_columns.items():
             value = example.get(key)
             for t in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     bad = int((~torch.isfinite(t)).sum())
                     if bad:
                         raise RowError(column, "nonfinite_features",
@@ -223,3 +227,104 @@ class RowError(Exception):
     def __init__(self, column: str, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.column, self.reason, self.detail = column, reason, detail
+
+
+class IndexCache:
+    """Per-shard index results kept on disk between runs (a rerun reads them instead of every row). An entry is
+    one `.npz` file (numpy arrays, read with allow_pickle=False; never pickle) holding the family's arrays and a
+    JSON header: the shard's stamp (absolute path, size, mtime_ns, sha1 of its last 64 KiB: the parquet footer),
+    the `fingerprint` of everything else that decides the results (config fields, tokenizer, the code's source:
+    the family passes it) and a sha1 of the arrays. A changed shard has another stamp, so its old entry is never
+    used (it is replaced when the shard is re-indexed); an entry that cannot be read or does not match (corrupt,
+    truncated, another shard's, failed the family's `check`) is reported as a warning and rebuilt, never used.
+    Writes are atomic (temporary file + rename), so ranks indexing the same shard at once are safe."""
+
+    VERSION = 1
+    TAIL = 1 << 16
+
+    def __init__(self, root: str | os.PathLike, fingerprint: Any) -> None:
+        self.root = os.path.expanduser(str(root))
+        self.fingerprint = hashlib.sha1(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        self.hits = self.misses = self.rejected = 0
+        self._writable = True
+
+    def stamp(self, path: str) -> dict[str, Any] | None:
+        """What identifies this version of the shard (None: not a local file, e.g. an `hf://` view)."""
+        if path.startswith("hf://"):
+            return None
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            f.seek(max(0, st.st_size - self.TAIL))
+            tail = hashlib.sha1(f.read()).hexdigest()
+        return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "tail_sha1": tail}
+
+    def _prefix(self, path: str) -> str:  # one entry per (shard path, fingerprint): a newer stamp replaces it
+        return hashlib.sha1(f"{os.path.abspath(path)}\0{self.fingerprint}".encode()).hexdigest()[:20]
+
+    def _file(self, path: str, stamp: dict[str, Any]) -> str:
+        digest = hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:20]
+        return os.path.join(self.root, f"{self._prefix(path)}-{digest}.npz")
+
+    @staticmethod
+    def _digest(arrays: dict[str, np.ndarray]) -> str:
+        h = hashlib.sha1()
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def load(self, path: str, check=None) -> tuple[dict[str, np.ndarray], Any] | None:
+        """(arrays, extra) stored for this version of `path`, or None (a miss, or a rejected entry: warned).
+        `check(arrays, extra)` raises ValueError when the entry does not fit the shard (then rejected)."""
+        stamp = self.stamp(path)
+        file = None if stamp is None else self._file(path, stamp)
+        if file is None or not os.path.exists(file):
+            self.misses += 1
+            return None
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            header = json.loads(arrays.pop("__header__").tobytes().decode())
+            if header.get("version") != self.VERSION or header.get("stamp") != stamp \
+                    or header.get("fingerprint") != self.fingerprint:
+                raise ValueError("its header names another shard version, configuration or format")
+            if header.get("sha1") != self._digest(arrays):
+                raise ValueError("its arrays do not match their checksum")
+            if check is not None:
+                check(arrays, header.get("extra"))
+        except Exception as exc:  # a corrupt file can fail in many ways (zip, npy header, JSON, shapes): all rebuild
+            warnings.warn(f"index cache entry {file} for {path} is not usable ({type(exc).__name__}: {exc}); "
+                          "re-indexing the shard", stacklevel=2)
+            self.rejected += 1
+            return None
+        self.hits += 1
+        return arrays, header.get("extra")
+
+    def store(self, path: str, arrays: dict[str, np.ndarray], extra: Any = None) -> None:
+        """Keep `arrays` (+ JSON-able `extra`) for this version of `path`; older entries of the shard are removed.
+        A cache folder that cannot be written is warned about once and then left alone."""
+        stamp = self.stamp(path)
+        if stamp is None or not self._writable:
+            return
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        header = {"version": self.VERSION, "stamp": stamp, "fingerprint": self.fingerprint,
+                  "sha1": self._digest(arrays), "extra": extra}
+        file = self._file(path, stamp)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            for old in glob.glob(os.path.join(self.root, self._prefix(path) + "-*.npz")):
+                if old != file:
+                    os.remove(old)
+            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+                os.replace(tmp, file)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        except OSError as exc:
+            warnings.warn(f"index cache folder {self.root} cannot be written ({exc}); indexing without it",
+                          stacklevel=2)
+            self._writable = False

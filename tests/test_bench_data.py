@@ -14,14 +14,14 @@ def test_bench_data_prints_finite_json_figures(stage, capsys, tmp_path):
                  "--rss-every", "2", "--steps", "1", "--out", str(tmp_path / "corpus"), f"stage={stage}"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     figures = {x["figure"]: x for x in lines}
-    assert set(figures) == {"corpus", "index_build_s", "index_rss_mib", "loader_samples_per_s", "rss_curve_mib",
-                            "step_samples_per_s", "loader_headroom", "peak_rss_mib"}
+    assert set(figures) == {"corpus", "index_build_s", "index_rss_mib", "index_build_warm_s", "loader_samples_per_s",
+                            "rss_curve_mib", "step_samples_per_s", "loader_headroom", "peak_rss_mib"}
     for rec in lines:
         assert {"machine", "threads", "load", "unit", "stage"} <= set(rec) and rec["threads"] >= 1
         assert len(rec["load"].split()) == 3
     assert figures["corpus"]["value"]["rows"] == 2000 and figures["corpus"]["value"]["shards"] == 4
     assert figures["index_build_s"]["rows_kept"] == 2000  # every tiled row indexed (unique ids)
-    for name in ("index_build_s", "loader_samples_per_s", "step_samples_per_s", "loader_headroom", "peak_rss_mib"):
+    for name in ("index_build_s", "index_build_warm_s", "loader_samples_per_s", "step_samples_per_s", "loader_headroom", "peak_rss_mib"):
         assert math.isfinite(figures[name]["value"]) and figures[name]["value"] > 0, name
     curve = figures["rss_curve_mib"]["value"]
     assert [k for k, _ in curve] == [0, 2, 4, 5] and all(math.isfinite(v) and v > 0 for _, v in curve)

@@ -44,15 +44,19 @@ class MiniMindODataModule(OmniDataModule):
         val_tasks: Mapping[str, float] | None = None,
         augment: Augment | Mapping[str, Any] | None = None,
         max_len: int = 1024,
+        index_cache: str | None = None,
         **loading: Any,
     ) -> None:
-        """`loading`: the shared loader settings (max_tokens, max_batch_size, window_rows, cache_row_groups,
-        num_workers, seed, strict, pin_memory), see `data.datamodule.OmniDataModule.__init__`."""
+        """`index_cache`: a folder where each shard's index results are kept (data.dataset.IndexCache: a rerun
+        over unchanged shards reads lengths instead of rows); None: no cache. `loading`: the shared loader settings
+        (max_tokens, max_batch_size, window_rows, cache_row_groups, num_workers, seed, strict, pin_memory), see
+        `data.datamodule.OmniDataModule.__init__`."""
         super().__init__(train, val, test, tokenizer_path, tasks or {"t2a": 1.0}, val_tasks, TASKS, max_len,
                          **loading)
         self.tokens = tokens if isinstance(tokens, MiniMindOTokens) else MiniMindOTokens(**dict(tokens or {}))
         self.audio_spec, self.vision_spec = _spec(AudioEncoderSpec, audio_encoder), _spec(VisionEncoderSpec, vision_encoder)
         self.spk_dim = int(spk_dim)
+        self.index_cache = str(index_cache) if index_cache else None
         self.augment = augment if isinstance(augment, Augment) or augment is None else Augment(**dict(augment))
         self.collator = MiniMindOCollator(self.tokens, self.spk_dim)
         self._train_voices: set[str] | None = None
@@ -68,7 +72,8 @@ class MiniMindODataModule(OmniDataModule):
                                  f"{self.tokens.text_vocab}")
         reader = RowReader(self.tokens, self._tokenizer, self.audio_spec, self.vision_spec, self.spk_dim, self.max_len)
         augment = self.augment if split == "train" else None
-        index = MiniMindOIndex(self.paths[split], reader, strict=self.strict, margin=reader.augment_margin(augment))
+        index = MiniMindOIndex(self.paths[split], reader, strict=self.strict, margin=reader.augment_margin(augment),
+                               cache=self.index_cache)
         self.indexes[split] = index
         self.datasets[split] = MiniMindODataset(index, augment=augment,
                                                 seed=self.seed, cache_row_groups=self.cache_row_groups,

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import get_worker_info
 
 from data.audio import AudioDecodeError, audio_duration, decode_audio
-from data.dataset import RowError, RowGroupDataset, RowIndex, Skipped, expand_paths
+from data.dataset import IndexCache, RowError, RowGroupDataset, RowIndex, Skipped, expand_paths, open_table
 from data.minimind_o.schema import TASKS, first_image, parse_conversation, validate_schema
 from omni.minimind_o.encoders import AUDIO_SR, MEL_HOP, AudioEncoderSpec, VisionEncoderSpec
 from omni.minimind_o.layout import (
@@ -59,9 +60,29 @@ class RowReader:
                  spk_dim: int, max_len: int) -> None:
         self.tok, self.tokenizer, self.audio, self.vision = tokens, tokenizer, audio, vision
         self.spk_dim, self.max_len = int(spk_dim), int(max_len)
+        self._n_image_tokens: int | None = None
+        self._known: dict[str, list[int]] = {}  # the chat template's constant texts, encoded once
+        # fast (Rust) tokenizers: the backend's encode without transformers' per-call wrapping (same ids)
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self._backend is not None:
+            self.tokenizer.encode("\n", add_special_tokens=False)  # syncs the backend's special-token setting
+
+    CONSTANT_TEXTS = ("\n", "\n\n", "system\n", "user\n", "assistant\n")
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        ids = self._known.get(text)
+        if ids is None:
+            ids = self._backend.encode(text, add_special_tokens=False).ids if self._backend is not None \
+                else list(self.tokenizer.encode(text, add_special_tokens=False))
+            if text in self.CONSTANT_TEXTS:
+                self._known[text] = ids
+        return ids
+
+    @property
+    def n_image_tokens(self) -> int:
+        if self._n_image_tokens is None:  # read from the encoder config once (not per row)
+            self._n_image_tokens = int(self.vision.n_tokens)
+        return self._n_image_tokens
 
     def plan(self, rec: dict[str, Any], clip_samples, rng: np.random.Generator | None,
              augment: Augment | None) -> Plan:
@@ -93,10 +114,11 @@ class RowReader:
         if image is not None and rng is not None and augment is not None:  # released: random place and joint
             plan.image_front, plan.image_sep = bool(rng.random() < 0.5), IMAGE_SEPS[int(rng.integers(2))]
         keep_ref = rng is None or augment is None or rng.random() < augment.keep_ref
-        if rec.get("ref_audios") and keep_ref:
+        ref = rec.get("ref_audios")
+        if ref is not None and len(ref) and keep_ref:
             plan.ref_codes = self._codes(rec["ref_audios"], "ref_audios")
         if rec.get("spk_emb") is not None and len(rec["spk_emb"]):
-            emb = np.asarray(rec["spk_emb"], dtype=np.float32)
+            emb = np.array(rec["spk_emb"], dtype=np.float32)  # a copy: the row may be a view of a cached group
             if emb.shape != (self.spk_dim,) or not np.isfinite(emb).all():
                 raise RowError("spk_emb", "bad_speaker", f"expected {self.spk_dim} finite floats, got {emb.shape}")
             plan.speaker_emb = torch.from_numpy(emb)
@@ -118,9 +140,10 @@ class RowReader:
         codes = frames_from_flat(flat, self.tok.n_codebooks)
         if codes.numel() == 0:
             raise RowError(column, "bad_codes", f"fewer than {self.tok.n_codebooks} codes (one frame)")
-        if codes.min() < 0 or codes.max() >= self.tok.codebook_size:
-            raise RowError(column, "bad_codes", f"code values in [{int(codes.min())}, {int(codes.max())}] outside "
-                           f"[0, {self.tok.codebook_size})")
+        arr = codes.numpy()
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= self.tok.codebook_size:
+            raise RowError(column, "bad_codes", f"code values in [{lo}, {hi}] outside [0, {self.tok.codebook_size})")
         return codes
 
     def _frames(self, msgs: list[dict], clip_samples) -> list[int]:
@@ -154,7 +177,7 @@ class RowReader:
         off). Only a prompt that leaves no answer position before max_len is a RowError."""
         while True:
             chat = render_chat(self.tok, self.encode, plan.messages, audio_frames=plan.frames,
-                               n_image_tokens=self.vision.n_tokens, keep_think=plan.keep_think,
+                               n_image_tokens=self.n_image_tokens, keep_think=plan.keep_think,
                                image_front=plan.image_front, image_sep=plan.image_sep)
             lay = self._build(chat, plan)
             if lay.length <= self.max_len:
@@ -228,6 +251,15 @@ class Extent:
     start: int
 
 
+class _Frames:
+    """What the index knows of a code column: its (frames, K) shape (no tensor is allocated)."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+
 class LengthReader(RowReader):
     """The index's RowReader: the same `plan` / `layout` rules (exchange dropping, cut at max_len, every RowError)
     over *light* records, without building tensors. Code lists arrive as `range(n_values)` stand-ins (their values
@@ -271,7 +303,7 @@ class LengthReader(RowReader):
         n = len(flat) // self.tok.n_codebooks  # flat: range(n_values), values already in range
         if n == 0:
             raise RowError(column, "bad_codes", f"fewer than {self.tok.n_codebooks} codes (one frame)")
-        return torch.empty((n, self.tok.n_codebooks), dtype=torch.long)
+        return _Frames((n, self.tok.n_codebooks))
 
     def _build(self, chat: Any, plan: Plan) -> Extent:
         s, m = len(chat.prompt) + len(chat.think), len(chat.answer)
@@ -329,9 +361,50 @@ def light_records(table: Any, reader: RowReader) -> tuple[list[dict[str, Any] | 
     return recs, exact
 
 
+CODE_COLUMNS = ("answer_audios", "ref_audios", "spk_emb")
+
+
+def row_getters(table: Any) -> dict[str, Any] | None:
+    """A row group -> {column: row -> value}: list columns of numbers (`CODE_COLUMNS`) as numpy slices of the
+    column's flat values (None where the list is null; `answer_audios` a list of per-turn arrays / None), the
+    others as Python values (`to_pylist` of the row). None when a code list holds a null value (the generic
+    per-row reading then applies)."""
+    getters: dict[str, Any] = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if name not in CODE_COLUMNS or not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            getters[name] = lambda r, col=col: col[r].as_py()
+            continue
+        outer = col.combine_chunks()
+        if isinstance(outer, pa.ChunkedArray):  # pyarrow may return a one-chunk ChunkedArray
+            outer = outer.chunk(0) if outer.num_chunks else pa.array([], type=col.type)
+        nested = pa.types.is_list(outer.type.value_type) or pa.types.is_large_list(outer.type.value_type)
+        inner = outer.values
+        leaf = inner.values if nested else inner
+        if leaf.null_count:
+            return None
+        flat = leaf.to_numpy(zero_copy_only=False)
+        off = outer.offsets.to_numpy()
+        valid = outer.is_valid().to_numpy(zero_copy_only=False)
+        if not nested:
+            getters[name] = lambda r, f=flat, o=off, v=valid: f[o[r]:o[r + 1]] if v[r] else None
+            continue
+        ioff, ivalid = inner.offsets.to_numpy(), inner.is_valid().to_numpy(zero_copy_only=False)
+        getters[name] = lambda r, f=flat, o=off, v=valid, io=ioff, iv=ivalid: \
+            [f[io[j]:io[j + 1]] if iv[j] else None for j in range(o[r], o[r + 1])] if v[r] else None
+    return getters
+
+
 def header_samples(data: bytes) -> int:
     """16 kHz samples of an encoded clip from its header only (what decode_audio would return)."""
     return int(round(audio_duration(data) * AUDIO_SR))
+
+
+def id_digest(name: str) -> int:
+    """A 64-bit hash of a row id (stable across processes, unlike `hash`)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def row_id(rec: dict[str, Any], path: str, row: int) -> str:
@@ -346,42 +419,184 @@ class MiniMindOIndex(RowIndex):
     task_order: tuple[str, ...] = TASKS
     family = "MiniMind-O"
 
-    def __init__(self, paths: Any, reader: RowReader, *, strict: bool = False, margin: int = 0) -> None:
+    def __init__(self, paths: Any, reader: RowReader, *, strict: bool = False, margin: int = 0,
+                 cache: str | os.PathLike | None = None) -> None:
+        """`cache`: a folder for per-shard results (`data.dataset.IndexCache`; None: none), so a rerun over
+        unchanged shards reads their lengths instead of every row."""
         self.files = expand_paths(paths)
         if not self.files:
             raise ValueError("MiniMindOIndex needs at least one parquet file")
         self.reader, self.strict = reader, strict
         self._fast: LengthReader | None = None
         self.skipped: list[Skipped] = []
-        rows: list[tuple[int, ...]] = []
-        group_base = 0
+        self.cache = IndexCache(cache, self.fingerprint()) if cache else None
+        parts: list[tuple[int, dict[str, Any]]] = []
         for shard, path in enumerate(self.files):
-            pf = self._open_shard(path)  # None: unreadable file, recorded (strict: ValueError naming it)
-            if pf is None:
-                continue
-            columns = validate_schema(pf.schema_arrow, path)
-            row_in_file = 0
-            for g in range(pf.num_row_groups):
-                table = self._read_group(pf, path, g, row_in_file, columns)  # None: recorded row by row
-                if table is None:
-                    row_in_file += pf.metadata.row_group(g).num_rows
+            part = self._cached(path)
+            if part is None:
+                part = self._scan(path)  # None: unreadable file, recorded (strict: ValueError naming it)
+                if part is None:
                     continue
-                for r, (task, length) in enumerate(self._group_lengths(path, row_in_file, table)):
-                    if length:
-                        rows.append((shard, g, r, row_in_file + r, group_base + g, TASKS.index(task), length))
-                row_in_file += table.num_rows
-            group_base += pf.num_row_groups
-        arr = np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+                if self.cache is not None and part.pop("cacheable"):
+                    self.cache.store(path, {k: part[k] for k in self.CACHED},
+                                     {"skipped": [x.as_dict() for x in part["skipped"]]})
+            self.skipped.extend(part["skipped"])
+            parts.append((shard, part))
+        self._drop_duplicate_ids(parts)
+        cols: list[list[np.ndarray]] = [[] for _ in range(7)]
+        group_base = 0
+        for shard, part in parts:
+            sizes = part["group_rows"].astype(np.int64)
+            n = int(sizes.sum())
+            group = np.repeat(np.arange(len(sizes)), sizes)
+            in_file = np.arange(n)
+            keep = part["task"] >= 0
+            for k, v in enumerate((np.full(n, shard), group, in_file - (np.cumsum(sizes) - sizes)[group], in_file,
+                                   group_base + group, part["task"], part["length"])):
+                cols[k].append(np.asarray(v, dtype=np.int64)[keep])
+            group_base += len(sizes)
+        arr = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in cols]
         for k, name in enumerate(("shard", "group", "row_in_group", "row_in_file", "group_id")):
-            setattr(self, name, arr[:, k].astype(np.int32))
-        self.task_mask = (1 << arr[:, 5]).astype(np.uint8)
-        self.lengths = np.zeros((len(arr), len(TASKS)), dtype=np.int32)
+            setattr(self, name, arr[k].astype(np.int32))
+        self.task_mask = (1 << arr[5]).astype(np.uint8)
+        self.lengths = np.zeros((len(arr[5]), len(TASKS)), dtype=np.int32)
         # + margin: room for training augmentations, so token budgets hold for augmented rows too
-        self.lengths[np.arange(len(arr)), arr[:, 5]] = np.minimum(arr[:, 6] + int(margin), reader.max_len)
+        self.lengths[np.arange(len(arr[5])), arr[5]] = np.minimum(arr[6] + int(margin), reader.max_len)
         self.n_groups = group_base
 
-    def _group_lengths(self, path: str, first_row: int, table: Any) -> list[tuple[str, int]]:
-        """(task, exact length) of each row of a row group ("", 0: skipped and recorded), in row order. Light rows
+    # per-shard results: rows per row group; per row of the file: task (index in TASKS, -1: left out), exact
+    # length (un-augmented), whether the row claims an id, and a 64-bit hash of that id (duplicates across shards
+    # are found from the hashes and confirmed on the ids themselves)
+    CACHED = ("group_rows", "task", "length", "claims", "id_hash")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything besides the shard itself that decides the index's per-shard results: the token table, the
+        tokenizer (its serialised vocabulary / rules), the encoders' frame / token counts, speaker width,
+        max_len, and the source of the code that computes lengths."""
+        import dataclasses
+        import hashlib
+        import inspect
+        import sys
+
+        r = self.reader
+        backend = getattr(r.tokenizer, "backend_tokenizer", None)
+        tokenizer = hashlib.sha1(backend.to_str().encode()).hexdigest() if backend is not None \
+            else repr(r.tokenizer)
+        source = hashlib.sha1()
+        for name in sorted({"data.dataset", "data.audio", "data.minimind_o.schema", "omni.minimind_o.layout",
+                            "omni.minimind_o.encoders", "omni.minimind_o.tokens", __name__,
+                            type(r).__module__}):
+            source.update(inspect.getsource(sys.modules[name]).encode())
+        return {"family": self.family, "tokens": dataclasses.asdict(r.tok), "tokenizer": tokenizer,
+                "n_tokenizer": len(r.tokenizer), "audio": dataclasses.asdict(r.audio),
+                "audio_frames": [r.audio.frames(n) for n in (1, 16000, 160000, 480000)],
+                "window_s": r.audio.window_s, "n_image_tokens": r.n_image_tokens, "spk_dim": r.spk_dim,
+                "max_len": r.max_len, "reader": type(r).__qualname__, "source": source.hexdigest()}
+
+    def _cached(self, path: str) -> dict[str, Any] | None:
+        """The cached results of `path` (this version of it), or None (miss / rejected / strict with bad rows:
+        the scan then names the first one)."""
+        if self.cache is None:
+            return None
+
+        def check(arrays: dict[str, np.ndarray], extra: Any) -> None:
+            if set(arrays) != set(self.CACHED):
+                raise ValueError(f"arrays {sorted(arrays)}, expected {sorted(self.CACHED)}")
+            n = int(arrays["group_rows"].astype(np.int64).sum())
+            if arrays["group_rows"].ndim != 1 or (arrays["group_rows"] < 0).any():
+                raise ValueError("bad group_rows")
+            for k in self.CACHED[1:]:
+                if arrays[k].shape != (n,):
+                    raise ValueError(f"{k} has shape {arrays[k].shape}, expected ({n},)")
+            task, length = arrays["task"], arrays["length"]
+            kept = task >= 0
+            if (task >= len(TASKS)).any() or (task < -1).any() \
+                    or (length[kept] < 1).any() or (length[kept] > self.reader.max_len).any():
+                raise ValueError("task / length values out of range")
+            if not isinstance(extra, dict) or not isinstance(extra.get("skipped"), list):
+                raise ValueError("no skipped-row records")
+            [Skipped(**x) for x in extra["skipped"]]  # TypeError when a record is malformed
+
+        got = self.cache.load(path, check)
+        if got is None:
+            return None
+        arrays, extra = got
+        if self.strict and extra["skipped"]:
+            return None
+        return {**arrays, "skipped": [Skipped(**x) for x in extra["skipped"]]}
+
+    def _scan(self, path: str) -> dict[str, Any] | None:
+        """Read and check every row of one shard: its `CACHED` arrays, its `skipped` records and whether the
+        results may be cached (not when a row group could not be read: that may pass)."""
+        pf = self._open_shard(path)  # None: unreadable file, recorded (strict: ValueError naming it)
+        if pf is None:
+            return None
+        first_skip = len(self.skipped)
+        columns = validate_schema(pf.schema_arrow, path)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        n = sum(sizes)
+        task = np.full(n, -1, dtype=np.int8)
+        length = np.zeros(n, dtype=np.int32)
+        claims = np.zeros(n, dtype=bool)
+        id_hash = np.zeros(n, dtype=np.uint64)
+        cacheable, row_in_file = True, 0
+        for g in range(pf.num_row_groups):
+            table = self._read_group(pf, path, g, row_in_file, columns)  # None: recorded row by row
+            if table is None:
+                cacheable = False
+            else:
+                for r, (t, k, claim) in enumerate(self._group_lengths(path, row_in_file, table)):
+                    if k:
+                        task[row_in_file + r], length[row_in_file + r] = TASKS.index(t), k
+                        if claim is not None:
+                            claims[row_in_file + r] = True
+                            id_hash[row_in_file + r] = id_digest(claim)
+            row_in_file += sizes[g]
+        skipped = self.skipped[first_skip:]
+        del self.skipped[first_skip:]
+        return {"group_rows": np.asarray(sizes, dtype=np.int64), "task": task, "length": length, "claims": claims,
+                "id_hash": id_hash, "skipped": skipped, "cacheable": cacheable}
+
+    def _drop_duplicate_ids(self, parts: list[tuple[int, dict[str, Any]]]) -> None:
+        """A kept row whose id an earlier kept row (file order, then row order) has is left out (`duplicate_id`,
+        column id; strict: ValueError naming it). Candidates are rows sharing an id hash; their ids are read back
+        and compared, so a hash collision never drops a row."""
+        hashes = [p["id_hash"][p["claims"]] for _, p in parts]
+        if not hashes or not sum(len(h) for h in hashes):
+            return
+        flat = np.concatenate(hashes)
+        _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        shared = counts[inverse] > 1
+        if not shared.any():
+            return
+        seen: dict[str, tuple[str, int]] = {}
+        offset = 0
+        for shard, part in parts:
+            rows = np.flatnonzero(part["claims"])
+            mine = rows[shared[offset: offset + len(rows)]]
+            offset += len(rows)
+            if not len(mine):
+                continue
+            path = self.files[shard]
+            ids = open_table(path).read(columns=["id"]).column("id").take(pa.array(mine)).to_pylist()
+            for row, value in zip(mine.tolist(), ids):
+                name = row_id({"id": value}, path, row)
+                if name not in seen:
+                    seen[name] = (path, row)
+                    continue
+                first = seen[name]
+                detail = f"id {name!r} is already used by {first[0]} row {first[1]}"
+                if self.strict:
+                    raise ValueError(f"{path}: row {row} (id={name!r}), column 'id': {detail}")
+                self.skipped.append(Skipped(path, row, name, "id", "duplicate_id", detail))
+                part["task"] = part["task"].copy()  # cached arrays may be read-only
+                part["task"][row] = -1
+                part["claims"] = part["claims"].copy()
+                part["claims"][row] = False
+
+    def _group_lengths(self, path: str, first_row: int, table: Any) -> list[tuple[str, int, str | None]]:
+        """(task, exact length, the id it claims or None) of each row of a row group ("", 0, None: skipped and
+        recorded), in row order. Light rows
         (`light_records`) are planned first, their texts tokenised in one batch, then laid out by `LengthReader`
         (no tensors); the others (bad codes / embedding) take the exact tensor path, which names their error."""
         if self._fast is None:
@@ -402,7 +617,7 @@ class MiniMindOIndex(RowIndex):
                 for r, (rec, plan) in enumerate(zip(recs, plans))]
 
     def _length_or_skip(self, path: str, row: int, rec: dict[str, Any], plan: Any = None,
-                        reader: RowReader | None = None) -> tuple[str, int]:
+                        reader: RowReader | None = None) -> tuple[str, int, str | None]:
         reader = reader or self.reader
         try:
             if isinstance(plan, RowError):
@@ -410,15 +625,14 @@ class MiniMindOIndex(RowIndex):
             plan = plan or reader.plan(rec, header_samples, None, None)
             check_target(plan)
             length = reader.layout(plan).length
-            if rec.get("id") is not None:  # default ids (<file stem>:<row>) are unique
-                self._claim_id(row_id(rec, path, row), path, row)
-            return plan.task, length
+            # default ids (<file stem>:<row>) are unique; duplicates are found across the index (_drop_duplicate_ids)
+            return plan.task, length, row_id(rec, path, row) if rec.get("id") is not None else None
         except RowError as err:
             if self.strict:
                 raise ValueError(f"{path}: row {row} (id={row_id(rec, path, row)!r}), column {err.column!r}: "
                                  f"{err.detail}") from err
             self.skipped.append(Skipped(path, row, row_id(rec, path, row), err.column, err.reason, err.detail))
-            return "", 0
+            return "", 0, None
 
 
 
@@ -438,7 +652,22 @@ class MiniMindODataset(RowGroupDataset):
         self._featurizer = self._image_processor = None
 
     def __getstate__(self) -> dict[str, Any]:  # worker copies start with an empty cache and their own generator
-        return {**super().__getstate__(), "_rng": None}
+        return {**super().__getstate__(), "_rng": None, "_columns": {}}
+
+    def _row(self, i: int) -> dict[str, Any]:
+        """Kept row `i` as a {column: value} dict; the code / embedding columns are numpy views into the row group
+        (not Python lists: `plan` turns them into arrays anyway), decoded column-wise once per cached row group."""
+        key = (int(self.index.shard[i]), int(self.index.group[i]))
+        table = self._row_group(*key)
+        cached = self.__dict__.setdefault("_columns", {}).get(key)
+        if cached is None or cached[0] is not table:
+            for stale in [k for k in self._columns if k not in self._cache]:
+                del self._columns[stale]
+            cached = self._columns[key] = (table, row_getters(table))
+        getters, r = cached[1], int(self.index.row_in_group[i])
+        if getters is None:  # a null inside a code list: the generic reading (its error is the exact path's)
+            return super()._row(i)
+        return {name: get(r) for name, get in getters.items()}
 
     def rng(self) -> np.random.Generator:
         """Per-process augmentation generator: seed + the worker's seed (Lightning/torch reseed workers each

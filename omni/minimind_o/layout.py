@@ -155,41 +155,46 @@ def build_layout(
         raise ValueError(f"need a prompt and an answer, got P={s}, m={m}")
     n = 0 if answer_codes is None else int(answer_codes.shape[0])
     length = max(s + m - 1, s + n + K if n else 0)
-    grid = torch.full((tok.n_rows, length + 1), tok.a_pad, dtype=torch.long)  # (9, L + 1)
+    # built in numpy (a handful of vectorised writes, not ~40 small tensor ops: this runs once per loaded row)
+    grid = np.full((tok.n_rows, length + 1), tok.a_pad, dtype=np.int64)  # (9, L + 1)
     grid[tok.text_row] = tok.pad
-    grid[tok.text_row, : s + m] = torch.tensor([*prompt, *answer], dtype=torch.long)
-    weights = torch.zeros((K, length), dtype=torch.float32)
-    targets = torch.full((tok.n_rows, length), IGNORE, dtype=torch.long)
+    grid[tok.text_row, : s + m] = np.fromiter((*prompt, *answer), dtype=np.int64, count=s + m)
+    weights = np.zeros((K, length), dtype=np.float32)
+    targets = np.full((tok.n_rows, length), IGNORE, dtype=np.int64)
     targets[tok.text_row, t0 - 1 : s + m - 1] = grid[tok.text_row, t0 : s + m]
 
     room = s - int(speaker)
     ref = ref_codes[-room:] if ref_codes is not None and room > 0 else None
     r = 0 if ref is None else int(ref.shape[0])
     if r:
-        grid[:K, s - r : s] = _checked(tok, ref, "ref_codes").t()
+        grid[:K, s - r : s] = _checked(tok, ref, "ref_codes").T
     if speaker:
         grid[:K, s - r - 1] = tok.speaker
     if n:
         codes = _checked(tok, answer_codes, "answer_codes")
-        for lvl in range(K):
-            first = s + lvl + 1  # grid column of frame 0 of this codebook (= target position + 1)
-            grid[lvl, first : first + n] = codes[:, lvl]
-            grid[lvl, first + n] = tok.a_stop
-            targets[lvl, first - 1 : first + n] = grid[lvl, first : first + n + 1]
-            weights[lvl, first - 1 : first + n - 1] = 1.0
-            weights[lvl, first + n - 1] = tok.stop_weight
-    return Layout(inputs=grid[:, :length].clone(), targets=targets, weights=weights, start=s)
+        lvl = np.arange(K)[:, None]
+        # codebook lvl, frame k: grid column s + lvl + 1 + k (= target position + 1); STOP at column s + lvl + 1 + n
+        cols = s + 1 + lvl + np.arange(n)[None, :]  # (K, n)
+        grid[lvl, cols] = codes.T
+        grid[lvl[:, 0], s + 1 + n + lvl[:, 0]] = tok.a_stop
+        span = s + lvl + np.arange(n + 1)[None, :]  # (K, n + 1) target positions: the frames and the STOP
+        targets[lvl, span] = grid[lvl, span + 1]
+        weights[lvl, cols - 1] = 1.0
+        weights[lvl[:, 0], s + n + lvl[:, 0]] = tok.stop_weight
+    return Layout(inputs=torch.from_numpy(np.ascontiguousarray(grid[:, :length])), targets=torch.from_numpy(targets),
+                  weights=torch.from_numpy(weights), start=s)
 
 
-def _checked(tok: MiniMindOTokens, codes: torch.Tensor, name: str) -> torch.Tensor:
-    """(N, K) long codes with values in [0, codebook_size)."""
-    codes = torch.as_tensor(codes, dtype=torch.long)
+def _checked(tok: MiniMindOTokens, codes: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
+    """(N, K) codes with values in [0, codebook_size), as an int64 numpy array."""
+    codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
     if codes.ndim != 2 or codes.shape[1] != tok.n_codebooks:
         raise ValueError(f"{name}: expected (frames, {tok.n_codebooks}) codes, got shape {tuple(codes.shape)}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= tok.codebook_size):
-        raise ValueError(f"{name}: code values in [{int(codes.min())}, {int(codes.max())}] outside "
-                         f"[0, {tok.codebook_size})")
-    return codes
+    if codes.size:
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= tok.codebook_size:
+            raise ValueError(f"{name}: code values in [{lo}, {hi}] outside [0, {tok.codebook_size})")
+    return codes.astype(np.int64, copy=False)
 
 
 def frames_from_flat(flat: Sequence[int], n_codebooks: int = 8, stored_codebooks: int | None = None) -> torch.Tensor:
@@ -268,20 +273,20 @@ def scheduled_sampling(tok: MiniMindOTokens, inputs: torch.Tensor, start: int, p
     (released): WHOLE frames: at a chosen position all K codebook inputs are replaced together, with ids drawn
     from the full audio vocabulary (0..audio_vocab-1, specials included). Text, drawn separately: ordinary text
     ids (above the named specials) where the answer is. Models the model's own mistakes at training time."""
-    out = inputs.clone()
     if p <= 0:
-        return out
-    K, L = tok.n_codebooks, inputs.shape[1]
+        return inputs.clone()
+    out = inputs.detach().cpu().numpy().copy()  # numpy: the same draws in the same order, without per-op tensor overhead
+    K, L = tok.n_codebooks, out.shape[1]
     cols = np.flatnonzero(rng.random(L) < p)  # audio frame positions
-    cols = torch.from_numpy(cols[cols >= start])
-    out[:K, cols] = torch.from_numpy(rng.integers(0, tok.audio_vocab, (K, len(cols))))  # (K, n) whole frames
-    hit_t = torch.from_numpy(rng.random(L) < p)  # (L,) text positions, a separate draw
+    cols = cols[cols >= start]
+    out[:K, cols] = rng.integers(0, tok.audio_vocab, (K, len(cols)))  # (K, n) whole frames
+    hit_t = rng.random(L) < p  # (L,) text positions, a separate draw
     hit_t[:start] = False
     text = out[tok.text_row]
     lo = max(tok.pad, tok.im_start, tok.im_end, tok.image_pad, tok.audio_pad, tok.think_start, tok.think_end) + 1
     sel_t = hit_t & (text != tok.pad) & (text >= lo)
-    text[sel_t] = torch.from_numpy(rng.integers(lo, tok.text_vocab, int(sel_t.sum())))
-    return out
+    text[sel_t] = rng.integers(lo, tok.text_vocab, int(sel_t.sum()))
+    return torch.from_numpy(out)
 
 
 def augment_waveform(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
