@@ -146,6 +146,9 @@ def run_benchmark(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if str(cfg.trainer.accelerator) in ("gpu", "cuda") or (
         str(cfg.trainer.accelerator) == "auto" and torch.cuda.is_available()) else "cpu")
     dtype = matmul_dtype(precision)
+    from omni.memory import configure_memory
+
+    configure_memory(cfg)
     load_before = load_average()
     peak_before = matmul_peak(device, dtype, b.matmul_n)
     fp32_peak = peak_before if dtype == torch.float32 else matmul_peak(device, torch.float32, b.matmul_n)
@@ -186,6 +189,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
         "trainable_params": module.param_counts["trainable"],  # the stage's patterns (+ LoRA adapters, lora=)
         "lora_params": module.param_counts.get("lora", 0),
         "gradient_clip_val": cfg.trainer.get("gradient_clip_val"),
+        "activation_checkpointing": bool(cfg.get("activation_checkpointing")),
+        "malloc_mmap_threshold_mib": cfg.get("malloc_mmap_threshold_mib"),
         "scheduler": (cfg.get("scheduler") or {}).get("_target_"),
         "batch_items": round(timer.items / len(timer.times), 2), "max_seq_len": timer.max_len,
         "steps": len(timer.times), "tokens": timer.tokens,

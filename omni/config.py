@@ -128,6 +128,7 @@ def configure_environment() -> None:
 TOP_LEVEL_TYPES: dict[str, Any] = {
     "task_name": str, "seed": int | None, "init_from": str | None, "ckpt_path": str | None, "test": bool,
     "optimized_metric": str | None, "max_nonfinite_steps": int, "resume_dir": str | None, "compile": bool,
+    "activation_checkpointing": bool, "malloc_mmap_threshold_mib": float | None,
 }
 
 

@@ -39,6 +39,7 @@ def build_module(cfg: DictConfig, init_from: str | None):
         max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),
         lora=OmegaConf.to_container(cfg.lora, resolve=True) if cfg.get("lora") else None,  # conf/lora/
         compile=bool(cfg.get("compile", False)),  # torch.compile the family model's forward
+        activation_checkpointing=bool(cfg.get("activation_checkpointing", False)),  # omni.memory
     )
 
 
@@ -103,6 +104,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolve_trainer_precision(cfg)  # trainer.precision=auto -> bf16-mixed where bf16 units exist, else 32-true
     validate_config(cfg)  # wrong types fail here naming the key, not deep inside a run
     check_output_dirs(cfg)  # an unwritable output folder fails here naming it, not after the first epoch
+    from omni.memory import configure_memory
+
+    configure_memory(cfg)  # malloc_mmap_threshold_mib; activation checkpointing under FSDP's own policy fails here
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     curriculum = list(cfg.curriculum.keys()) if cfg.get("curriculum") else [None]

@@ -307,11 +307,13 @@ class MiniOmni(nn.Module):
                        batch.get("image_len"))
         # a packed batch (data.packing=true): block-diagonal causal mask + per-row positions (omni/packing.py)
         mask, positions = attention_inputs(batch, self.backbone.config._attn_implementation, x.dtype)
-        h = self.hidden(x, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, L, D)
+        # no KV cache in a training forward (it would hold every layer's keys / values, and a recomputed block,
+        # activation_checkpointing=true, would append them twice)
+        h = self.hidden(x, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
         targets = batch["targets"]
         h_audio = None
         if self.tts_adapter is not None and bool((targets[:, : self.tokens.n_audio_layers] != IGNORE).any()):
-            h_audio = self.audio_hidden(h, attention_mask=mask, position_ids=positions)
+            h_audio = self.audio_hidden(h, attention_mask=mask, position_ids=positions, use_cache=False)
         out = self.loss_from_hidden(h, targets, h_audio)
         if self.audio_ctc is not None and audio is not None and batch.get("audio_text_len") is not None:
             loss_ctc = self.ctc_loss(audio, batch["audio_len"], batch["audio_text"], batch["audio_text_len"])

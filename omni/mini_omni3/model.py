@@ -159,7 +159,7 @@ class MiniOmni3(nn.Module):
         x = self.embed_batch(batch)
         # a packed batch (data.packing=true): block-diagonal causal mask + per-row positions (omni/packing.py)
         mask, positions = attention_inputs(batch, self.backbone.config._attn_implementation, x.dtype)
-        h = self.hidden(x, attention_mask=mask, position_ids=positions).last_hidden_state  # (B, L, D)
+        h = self.hidden(x, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state  # no KV cache
         rows = None if not is_packed(batch) else item_of_position(batch, None)
         return self.loss_from_hidden(h, batch["targets"], batch.get("decision_mask"), rows)
 

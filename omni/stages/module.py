@@ -83,9 +83,11 @@ class OmniModule(LightningModule):
         max_nonfinite_steps: int = 10,
         lora: Any = None,
         compile: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.compile_model = bool(compile)  # `compile=true`: torch.compile the family model's forward (configure_model)
+        self.activation_checkpointing = bool(activation_checkpointing)  # recompute the family's blocks in backward
         if type(max_nonfinite_steps) is not int or max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps={max_nonfinite_steps!r} must be an integer >= 1 (consecutive "
                              f"optimizer steps with a non-finite loss / gradient skipped before the run stops)")
@@ -150,7 +152,17 @@ class OmniModule(LightningModule):
 
     def configure_model(self) -> None:
         """`compile=true`: the family model's forward runs through torch.compile (dynamic shapes: token-budget batches
-        vary in length). The module keeps its class and parameter names, so checkpoints are unchanged."""
+        vary in length). `activation_checkpointing=true`: the family's blocks (`Family.wrap_layers`) recompute their
+        forward in backward (omni.memory). Both keep the class and parameter names, so checkpoints are unchanged."""
+        if self.activation_checkpointing:
+            from omni.distributed import decoder_layer_classes
+            from omni.memory import checkpoint_blocks
+
+            if not checkpoint_blocks(self.model, decoder_layer_classes()) and not getattr(
+                    self.model, "_omni_no_blocks_warned", False):
+                log.warning("activation_checkpointing=true: %s has none of the registered block classes; "
+                            "nothing is recomputed", type(self.model).__name__)
+                self.model._omni_no_blocks_warned = True
         if self.compile_model and not getattr(self.model, "_omni_compiled", False):
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
             self.model._omni_compiled = True
