@@ -170,3 +170,27 @@ def test_precomputed_features_match_on_the_fly(tmp_path, tokenizer):
     with torch.no_grad():
         a, b = model(batches[0]), model(batches[1])
     torch.testing.assert_close(a["loss"], b["loss"], rtol=2e-3, atol=2e-3)  # float16 storage
+
+
+def test_precomputed_features_read_as_that_rows_float16_values(tmp_path, tokenizer):
+    """`features` come straight from Arrow as the row's own (n_chunks * 10 * dim,) float16 values (hand-made:
+    row k holds 0.5 * arange(80) + k), across row groups; a wrong length is still `bad_features`. Control: the
+    one-row slice's unsliced child array (`.values`, the plausible slip) holds every row of the group."""
+    dim, n = 4, 2
+    rows = [empty_row(id=f"f{k}", mode="online", n_chunks=n, reply_chunk=[1], reply_text=["seven"], feature_dim=dim,
+                      features=(0.5 * np.arange(n * 10 * dim) + k).tolist()) for k in range(5)]
+    rows[4]["features"] = rows[4]["features"][:-dim]  # one frame short
+    path = tmp_path / "d" / "s.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, row_group_size=2)
+    ds = StreamingDataset(StreamingIndex(str(path), tokenizer, TOK, [5]), [5])
+    for k in range(4):
+        rec = ds._row(k)
+        assert rec["features"].dtype == np.float16 and rec["id"] == f"f{k}"
+        np.testing.assert_array_equal(rec["features"].astype(np.float64), 0.5 * np.arange(n * 10 * dim) + k)
+        ex = ds[k]
+        assert ex["features"].shape == (n, 10, dim) and ex["features"].dtype == torch.float32
+        assert float(ex["features"][1, 9, 3]) == 0.5 * 79 + k
+    assert ds[4].reason == "bad_features"
+    group = pq.ParquetFile(path).read_row_group(0)
+    assert len(group.slice(1, 1).column("features").chunk(0).values) == 2 * n * 10 * dim  # control

@@ -45,15 +45,17 @@ class StreamingCollator:
         targets = torch.full((B, L), IGNORE, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
         decision = torch.zeros((B, L), dtype=torch.bool)
-        positions: list[int] = []
-        clip_positions: list[int] = []
+        positions: list[torch.Tensor] = []
+        clip_positions: list[torch.Tensor] = []
         for b, s in enumerate(seqs):
             n = len(s)
             input_ids[b, :n] = torch.tensor(s.ids)
             targets[b, :n] = torch.tensor(next_token_targets(s.labels))
             mask[b, :n] = 1
             decision[b, s.decision_positions] = True
-            (positions if s.mode == "online" else clip_positions).extend(b * L + p for p in s.audio_positions)
+            # flat b * L + p, one tensor op per item (a session has C * 10 frame positions)
+            (positions if s.mode == "online" else clip_positions).append(
+                torch.tensor(s.audio_positions, dtype=torch.long) + b * L)
         online = [x for x, s in zip(examples, seqs) if s.mode == "online"]
         offline = [x for x, s in zip(examples, seqs) if s.mode != "online"]
         mels = [x["mels"] for x in online if x["mels"] is not None]
@@ -67,16 +69,20 @@ class StreamingCollator:
             "input_ids": input_ids, "targets": targets, "attention_mask": mask, "decision_mask": decision,
             "audio_mels": torch.cat(mels).float() if mels else None,
             "audio_features": torch.cat(feats).float() if feats else None,
-            "audio_positions": torch.tensor(positions, dtype=torch.long),
+            "audio_positions": _flat(positions),
             "clip_mels": torch.cat(clip_mels, dim=-1).float() if clip_mels else None,
             "clip_lens": torch.tensor([m.shape[-1] for m in clip_mels], dtype=torch.long),
             "clip_features": torch.cat(clip_feats).float() if clip_feats else None,
-            "clip_positions": torch.tensor(clip_positions, dtype=torch.long),
+            "clip_positions": _flat(clip_positions),
             "n_chunks": torch.tensor([s.n_chunks for s in seqs], dtype=torch.long),
             "tasks": [x["task"] for x in examples], "ids": [x["id"] for x in examples],
             "reply_text": [x["reply_text"] for x in examples],
             "n_tokens": int(sum(len(s) for s in seqs)), "skipped": skipped,
         }
+
+
+def _flat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 def pack(batch: dict[str, Any], plan) -> dict[str, Any]:
