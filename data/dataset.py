@@ -191,7 +191,9 @@ class RowGroupDataset(Dataset):
         for key, column in self.feature_columns.items():
             value = example.get(key)
             for t in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                # a sum holding a NaN / inf is never finite: one pass, no mask (~6 us vs ~115 us for an 80 x 1000
+                # mel); a finite tensor whose sum overflows falls through to the exact count (0: not an error)
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t.sum())):
                     bad = int((~torch.isfinite(t)).sum())
                     if bad:
                         raise RowError(column, "nonfinite_features",

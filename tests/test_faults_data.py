@@ -457,3 +457,18 @@ def test_minimind_nonfinite_question_audio_and_duplicate_ids(tmp_path):
     assert [(x["row"], x["id"], x["column"], x["reason"]) for b in batches for x in b["skipped"]] == [
         (1, "m1", "question_audios", "nonfinite_audio")]
     assert [i for b in batches for i in b["ids"]] == ["m0"]
+
+
+def test_finite_check_counts_exactly_when_the_sum_overflows():
+    """The backstop's one-pass test (the sum) only routes to the exact count: finite values whose sum overflows
+    (float32 2 x 3e38, float16 2 x 6e4) pass; a NaN / inf anywhere fails naming the column and count."""
+    from data.dataset import RowError, RowGroupDataset
+
+    ds = RowGroupDataset.__new__(RowGroupDataset)
+    ds.feature_columns = {"mels": "question_audio"}
+    for ok in (torch.tensor([3e38, 3e38]), torch.tensor([6e4, 6e4], dtype=torch.float16), torch.zeros(2, 3)):
+        assert not torch.isfinite(ok.sum()) or ok.abs().max() == 0  # control: the sum alone would flag the first two
+        ds._check_finite({"mels": ok})
+    for bad, n in ((torch.tensor([1.0, float("nan"), float("inf")]), 2), (torch.tensor([float("-inf"), 1e38]), 1)):
+        with pytest.raises(RowError, match=f"holds {n} non-finite"):
+            ds._check_finite({"mels": [torch.zeros(1), bad]})
