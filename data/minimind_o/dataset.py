@@ -475,23 +475,17 @@ class MiniMindOIndex(RowIndex):
         max_len, and the source of the code that computes lengths."""
         import dataclasses
         import hashlib
-        import inspect
-        import sys
 
         r = self.reader
         backend = getattr(r.tokenizer, "backend_tokenizer", None)
         tokenizer = hashlib.sha1(backend.to_str().encode()).hexdigest() if backend is not None \
             else repr(r.tokenizer)
-        source = hashlib.sha1()
-        for name in sorted({"data.dataset", "data.audio", "data.minimind_o.schema", "omni.minimind_o.layout",
-                            "omni.minimind_o.encoders", "omni.minimind_o.tokens", __name__,
-                            type(r).__module__}):
-            source.update(inspect.getsource(sys.modules[name]).encode())
+        source = _SOURCE_DIGEST if type(r).__module__ == __name__ else f"{_SOURCE_DIGEST}+{type(r).__module__}"
         return {"family": self.family, "tokens": dataclasses.asdict(r.tok), "tokenizer": tokenizer,
                 "n_tokenizer": len(r.tokenizer), "audio": dataclasses.asdict(r.audio),
                 "audio_frames": [r.audio.frames(n) for n in (1, 16000, 160000, 480000)],
                 "window_s": r.audio.window_s, "n_image_tokens": r.n_image_tokens, "spk_dim": r.spk_dim,
-                "max_len": r.max_len, "reader": type(r).__qualname__, "source": source.hexdigest()}
+                "max_len": r.max_len, "reader": type(r).__qualname__, "source": source}
 
     def _cached(self, path: str) -> dict[str, Any] | None:
         """The cached results of `path` (this version of it), or None (miss / rejected / strict with bad rows:
@@ -717,3 +711,21 @@ class MiniMindODataset(RowGroupDataset):
         return {"task": plan.task, "layout": lay, "audio_mels": mels, "audio_frames": list(plan.frames),
                 "pixel_values": pixels, "speaker_emb": plan.speaker_emb,
                 "answer_text": plan.messages[-1]["content"]}
+
+
+def _source_digest() -> str:
+    """sha1 of the source this process imported for computing lengths (hashed at import, so a file edited while
+    the process runs does not change this process's fingerprint: it still runs the code it loaded)."""
+    import hashlib
+    import inspect
+    import sys
+
+    digest = hashlib.sha1()
+    for name in ("data.audio", "data.dataset", "data.minimind_o.schema", "omni.minimind_o.encoders",
+                 "omni.minimind_o.layout", "omni.minimind_o.tokens", __name__):
+        module = sys.modules.get(name)
+        digest.update(inspect.getsource(module).encode() if module is not None else name.encode())
+    return digest.hexdigest()
+
+
+_SOURCE_DIGEST = _source_digest()  # every module above is imported by now (this module imports them)
