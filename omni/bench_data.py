@@ -12,7 +12,8 @@ token-budget sampler):
 - loader samples/s alone (the train loader, `--batches` batches) with RSS every `--rss-every` batches (flat =
   the corpus streams through a bounded cache);
 - the steps' consumption: samples/s of real optimizer steps of the configured (tiny) model on those batches, and
-  the headroom = loader samples/s / steps' samples/s (target >= 20x).
+  the headroom = loader samples/s / steps' samples/s (target >= 20x). Both also give `cpu_ms_per_row`, this
+  process's CPU time per row (comparable across machine loads; with workers > 0 the loader's work runs in them).
 
 Each figure is printed as one JSON line ({"figure": ..., "value": ..., machine, threads, load}) and as text. The
 family comes from the overrides (a stage selects its family's tiny model and data); nothing here names one.
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         n_batches = min(args.batches, len(loader)) if args.batches else len(loader)
         curve, rows, tokens, padded = [], 0, 0, 0
         it = iter(loader)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for k in range(n_batches):
             batch = next(it)
             rows += len(batch["ids"])
@@ -185,11 +186,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             padded += int(batch["input_ids"].shape[0] * batch["input_ids"].shape[-1])
             if k % args.rss_every == 0 or k == n_batches - 1:
                 curve.append([k, round(rss_mib(), 1)])
-        loader_s = time.perf_counter() - t0
+        loader_s, loader_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         loader_rate = rows / loader_s
         report.figure("loader_samples_per_s", round(loader_rate, 1), "rows/s", batches=n_batches, rows=rows,
                       tokens_per_s=round(tokens / loader_s), padding_fraction=round(1 - tokens / max(padded, 1), 4),
-                      workers=args.workers)
+                      workers=args.workers, cpu_ms_per_row=round(loader_cpu_s / max(rows, 1) * 1e3, 3))
         report.figure("rss_curve_mib", curve, "MiB", every=args.rss_every,
                       growth_mib=round(curve[-1][1] - curve[0][1], 1) if curve else 0.0)
         del it
@@ -213,14 +214,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
 
         step(step_batches[0])  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for batch in step_batches[1:]:
             step(batch)
-        step_s = time.perf_counter() - t0
+        step_s, step_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         step_rows = sum(len(b["ids"]) for b in step_batches[1:])
         step_rate = step_rows / step_s
         report.figure("step_samples_per_s", round(step_rate, 1), "rows/s", steps=len(step_batches) - 1,
-                      params=sum(p.numel() for p in model.parameters()))
+                      params=sum(p.numel() for p in model.parameters()),
+                      cpu_ms_per_row=round(step_cpu_s / max(step_rows, 1) * 1e3, 3))
         report.figure("loader_headroom", round(loader_rate / step_rate, 1), "x", target=20)
         report.figure("peak_rss_mib", round(_peak_rss_mib(), 1), "MiB")
         return report.figures
