@@ -16,7 +16,8 @@ Figures (text and one JSON line each, with machine, threads, precision, matmul d
 - peak = the best FLOP/s of an `bench.matmul_n`^3 matmul measured on this machine, in the dtype the run's matmuls
   use (bf16 under bf16-mixed), at the run's thread count, before and after the run (the larger is the divisor);
   fraction of peak = achieved / peak. Never a constant: a divisor from another dtype or machine gave 910 % once.
-- peak memory = the process's peak RSS (CPU) or peak allocated CUDA memory.
+- peak memory = the peak RSS of the process during `Trainer.fit` (CPU; VmHWM reset after the FLOP count, which
+  is not training; `peak_memory_scope: process` where Linux's /proc cannot reset it) or peak allocated CUDA memory.
 """
 from __future__ import annotations
 
@@ -61,9 +62,29 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or the process's peak RSS since `reset_peak_memory` (VmHWM; ru_maxrss, the
+    whole process's peak, where /proc cannot reset it)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process peak RSS)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 2**20  # KiB -> GiB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start the peak-memory count here (the FLOP-counting pass before the run is not training): CUDA's peak
+    stats, or Linux's VmHWM (writing 5 to /proc/self/clear_refs). False where the peak cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def machine() -> dict:
@@ -169,8 +190,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
         cfg.trainer, callbacks=[timer], logger=False, max_steps=b.warmup + b.steps, max_epochs=-1,
         limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_train_batches=None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak_reset = reset_peak_memory(device)  # the peak of the run itself, not of the FLOP count above
     trainer.fit(module, datamodule=datamodule)
     if len(timer.times) < b.steps:
         raise RuntimeError(f"bench: only {len(timer.times)} of bench.steps={b.steps} timed steps ran "
@@ -198,6 +218,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
         "tokens_per_s": round(timer.tokens / elapsed, 1), "step_s": round(elapsed / len(timer.times), 4),
         "step_s_median": round(statistics.median(timer.times), 4),
         "peak_memory_gib": round(peak_memory_gib(device), 3),
+        "peak_memory_scope": "fit" if peak_reset else "process",
         "flops_per_token": round(flops_per_token), "achieved_tflops": round(achieved / 1e12, 4),
         "matmul_peak_tflops": round(peak / 1e12, 4),
         "matmul_peak_tflops_before_after": [round(peak_before / 1e12, 4), round(peak_after / 1e12, 4)],

@@ -2,6 +2,7 @@
 the module's step) with data loading inside the clock; the peak is measured in the run's dtype; JSON lines."""
 from __future__ import annotations
 
+import os
 import json
 
 import pytest
@@ -168,3 +169,18 @@ def test_fused_adamw_default_except_where_lightning_refuses_it(compose, precisio
     module._trainer = SimpleNamespace(precision=precision, gradient_clip_val=clip, estimated_stepping_batches=10)
     optimizer = module.configure_optimizers()["optimizer"]
     assert bool(optimizer.defaults["fused"]) is fused
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_peak_memory_counts_from_the_reset():
+    """The bench's peak RSS is the run's own: a 256 MiB tensor freed before the reset is not in it (the control:
+    before the reset it is)."""
+    from omni.bench import peak_memory_gib, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = torch.ones(64 * 2**20)  # 256 MiB, its own mmap: returned to the OS when freed
+    del big
+    before = peak_memory_gib(cpu)
+    assert reset_peak_memory(cpu)
+    after = peak_memory_gib(cpu)
+    assert before - after > 0.2, (before, after)
