@@ -12,6 +12,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMNI_AUTO_PRECISION", "32-true")  # trainer.precision=auto: same on every machine
+if "OMNI_INDEX_CACHE" not in os.environ:  # the data index cache (data.index_cache): this test session's own folder
+    import tempfile
+
+    os.environ["OMNI_INDEX_CACHE"] = tempfile.mkdtemp(prefix="omni-index-cache-")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
