@@ -55,7 +55,11 @@ def _module_and_loader(overrides: list[str], threads: int):
     cfg = compose(overrides)
     dm = hydra.utils.instantiate(cfg.data)
     dm.setup("fit")
+    from omni.memory import configure_memory
+
+    configure_memory(cfg)  # malloc_mmap_threshold_mib=, as under train.py
     module = build_module(cfg, None)
+    module.configure_model()  # activation_checkpointing= / compile=, as Lightning does before fit
     model = module.model.train()
     optimizer = module.optimizer_factory(params=[p for p in model.parameters() if p.requires_grad])
     return model, optimizer, dm.train_dataloader()
