@@ -9,7 +9,11 @@ generation never see it):
 - band limiting with probability `band_limit_p`: the bins above a random cut-off in [band_limit_min, n_mels) are set
   to the item's floor, as telephone-band / low-rate voices look;
 - SpecAugment (Park et al. 2019) masks: `freq_masks` bands of up to `freq_width` bins and `time_masks` spans of up
-  to `time_width` frames, filled with the item's floor value.
+  to `time_width` frames, filled with the item's floor value;
+- tempo perturbation (as speed perturbation, Ko et al. 2015, on the time axis only): each item's frames are
+  resampled by a factor drawn from [1 - tempo, 1 + tempo] (frame f reads source frame f * factor, linear
+  interpolation; frames past the window read the floor), as voices speak at different rates. Drawn after every
+  other option, so tempo 0 (the default) leaves the other draws as they were.
 Deterministic in (seed, global step)."""
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from lightning import Callback
 def augment_mels(mels: torch.Tensor, gen: torch.Generator, warp: float = 0.1, eq: float = 0.0,
                  band_limit_p: float = 0.3,
                  band_limit_min: int = 48, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2,
-                 time_width: int = 10) -> torch.Tensor:
+                 time_width: int = 10, tempo: float = 0.0) -> torch.Tensor:
     """(B, n_mels, F) log-mel -> augmented copy (see the module docstring)."""
     B, M, F = mels.shape
     out = mels.clone()
@@ -54,6 +58,15 @@ def augment_mels(mels: torch.Tensor, gen: torch.Generator, warp: float = 0.1, eq
         width = torch.randint(0, time_width + 1, (B, 1, 1), generator=gen)
         start = (torch.rand(B, 1, 1, generator=gen) * (F - width)).long()
         mask |= (frames >= start) & (frames < start + width)
+    if tempo > 0:
+        rate = 1.0 + (torch.rand(B, 1, generator=gen) * 2 - 1) * tempo  # (B, 1) source frames per output frame
+        src = torch.arange(F, dtype=torch.float32).view(1, F) * rate  # (B, F)
+        inside = (src <= F - 1).view(B, 1, F).to(mels.device)
+        lo = src.clamp(max=F - 1).floor().long()
+        hi = (lo + 1).clamp(max=F - 1)
+        w = (src.clamp(max=F - 1) - lo.float()).view(B, 1, F).to(mels.device, mels.dtype)
+        take = lambda idx: torch.gather(out, 2, idx.view(B, 1, F).expand(B, M, F).to(mels.device))  # noqa: E731
+        out = torch.where(inside, take(lo) * (1 - w) + take(hi) * w, floor.expand_as(out))
     return torch.where(mask.to(mels.device), floor.expand_as(out), out)
 
 

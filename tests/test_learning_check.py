@@ -45,6 +45,18 @@ def test_vocal_tract_warp_moves_energy_along_the_mel_axis():
         assert abs(peak - 40 * alpha) <= 1.0 and float(out.max()) > 0.4, (seed, alpha, peak)
 
 
+def test_tempo_moves_frames_along_the_time_axis():
+    mels = torch.full((1, 80, 60), -1.0)
+    mels[:, :, 20] = 1.0  # one bright frame
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        rate = 1 + (float(torch.rand(1, 1, generator=g)) * 2 - 1) * 0.2  # the only draw with every other option off
+        out = augment_mels(mels, torch.Generator().manual_seed(seed), **{**OFF, "tempo": 0.2})
+        peak = int(out[0, 0].argmax())  # frame f reads source frame f * rate: the frame moves to ~20 / rate
+        assert abs(peak - 20 / rate) <= 1.0 and float(out.max()) > 0.4, (seed, rate, peak)
+        assert float(out[0, 0, 59]) == -1.0  # past the source (rate > 1) or silence: the floor
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.xfail(strict=False, reason=(
