@@ -58,6 +58,18 @@ def test_tempo_moves_frames_along_the_time_axis():
         assert float(out[0, 0, 59]) == -1.0  # past the source (rate > 1) or silence: the floor
 
 
+def test_text_metrics_score_the_weight_average(tmp_path):
+    """Lightning runs on_validation_epoch_end in callback-list order and the EMA callback swaps the raw weights back
+    in its own: the text metrics (and so the checkpoint selection by val/cer_asr) must come before it."""
+    from callbacks.averaging import EMAWeightAveraging
+    from callbacks.text_metrics import TextMetricsCallback
+    from omni.train import instantiate_section
+    from tests.conftest import compose_cfg
+
+    kinds = [type(c) for c in instantiate_section(compose_cfg(["experiment=learning_check"], tmp_path).callbacks)]
+    assert kinds.index(TextMetricsCallback) < kinds.index(EMAWeightAveraging), kinds
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_learning_check_reaches_cer_on_held_out_voices(tmp_path):
