@@ -121,8 +121,9 @@ def write_corpus(rows: pa.Table, out: str, n_rows: int, shard_rows: int, group_r
 
 
 class Report:
-    def __init__(self, context: dict[str, Any], stream=sys.stdout) -> None:
-        self.context, self.stream, self.figures = context, stream, {}
+    def __init__(self, context: dict[str, Any], stream=None) -> None:
+        # sys.stdout looked up now, not when this module was imported (a captured / replaced stdout is closed later)
+        self.context, self.stream, self.figures = context, stream or sys.stdout, {}
 
     def figure(self, name: str, value: Any, unit: str = "", **extra: Any) -> None:
         rec = {"figure": name, "value": value, "unit": unit, **extra, **self.context, "load": load()}
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = compose(overrides)
-    report = Report({**machine(), "stage": str(cfg.stage.name), "data": str(cfg.data._target_).rpartition(".")[2]})
+    report = Report({**machine(), "stage": str(cfg.stage.name), "data": str(cfg.data._target_).rpartition(".")[2],
+                     "source": args.source})
     tmp = args.out or tempfile.mkdtemp(prefix="omni_bench_data_")
     cache = "index_cache" in cfg.data  # a family with an on-disk index cache: a fresh one here (cold, then warm)
     if cache:
@@ -158,6 +160,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.data.train, cfg.data.val, cfg.data.test = os.path.join(tmp, "train"), None, None
             cfg.data.num_workers = args.workers
+            if args.source != "parquet":  # the same shards through Hugging Face `datasets` (data/hf.py)
+                cfg.data.source = "hf"
+                cfg.data.hf = {**(cfg.data.get("hf") or {}), "path": cfg.data.train, "name": None,
+                               "split": "train", "val_split": None, "test_split": None, "schema": "auto",
+                               "streaming": args.source == "hf-stream", "revision": None}
+                for key, default in (("group_rows", args.group_rows), ("chunk_rows", 1000),
+                                     ("shuffle_buffer", 1000)):
+                    cfg.data.hf.setdefault(key, default)
+                cfg.data.train = None
         datamodule = hydra.utils.instantiate(cfg.data)
         rss0 = rss_mib()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -175,12 +186,17 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
                           cpu_s=round(time.process_time() - c0, 2), target_s=30)
 
         loader = datamodule.train_dataloader()
-        n_batches = min(args.batches, len(loader)) if args.batches else len(loader)
+        if args.source == "hf-stream":  # a stream has no length: the batches asked for (the whole epoch: -)
+            n_batches = args.batches or sys.maxsize
+        else:
+            n_batches = min(args.batches, len(loader)) if args.batches else len(loader)
         curve, rows, tokens, padded = [], 0, 0, 0
         it = iter(loader)
         t0, c0 = time.perf_counter(), time.process_time()
         for k in range(n_batches):
-            batch = next(it)
+            batch = next(it, None)
+            if batch is None:  # a stream's end
+                break
             rows += len(batch["ids"])
             tokens += int(batch["n_tokens"])
             padded += int(batch["input_ids"].shape[0] * batch["input_ids"].shape[-1])
@@ -248,6 +264,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps of the configured model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (data.num_workers)")
+    p.add_argument("--source", choices=("parquet", "hf", "hf-stream"), default="parquet",
+                   help="read the shards as parquet, or through Hugging Face datasets (map-style / streaming)")
     p.add_argument("--out", default=None, help="corpus folder (kept); default: a temporary folder, removed")
     p.add_argument("--keep", action="store_true", help="keep the temporary corpus")
     return parse_with_overrides(p, argv)
