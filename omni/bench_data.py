@@ -161,6 +161,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             cfg.data.train, cfg.data.val, cfg.data.test = os.path.join(tmp, "train"), None, None
             cfg.data.num_workers = args.workers
             if args.source != "parquet":  # the same shards through Hugging Face `datasets` (data/hf.py)
+                # its prepared arrow copy goes under the corpus folder (removed with it), not ~/.cache
+                import datasets.config
+
+                os.environ["HF_DATASETS_CACHE"] = os.path.join(tmp, "hf_datasets_cache")
+                datasets.config.HF_DATASETS_CACHE = Path(os.environ["HF_DATASETS_CACHE"])  # read at call time
                 cfg.data.source = "hf"
                 cfg.data.hf = {**(cfg.data.get("hf") or {}), "path": cfg.data.train, "name": None,
                                "split": "train", "val_split": None, "test_split": None, "schema": "auto",
@@ -179,7 +184,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         report.figure("index_build_s", round(build_s, 2), "s", rows_kept=len(index), cpu_s=round(build_cpu_s, 2),
                       rows_per_s=round(len(index) / build_s), target_s=30)
         report.figure("index_rss_mib", round(rss_mib() - rss0, 1), "MiB", rss_total_mib=round(rss_mib(), 1))
-        if cache:  # the rerun's build: every shard's results from the cache the build above wrote
+        if cache or args.source == "hf":  # the rerun's build: the index cache / `datasets`' prepared arrow files
             t0, c0 = time.perf_counter(), time.process_time()
             hydra.utils.instantiate(cfg.data).setup("fit")
             report.figure("index_build_warm_s", round(time.perf_counter() - t0, 2), "s",
