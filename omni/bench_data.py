@@ -38,6 +38,16 @@ import pyarrow.parquet as pq
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def anon_rss_mib() -> float | None:
+    """The anonymous part of the RSS (MiB): heap and tensors, without file-backed pages such as a memory-mapped
+    arrow file's (which the kernel can drop); None where /proc/self/status has no RssAnon."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("RssAnon:")) / 2**10
+    except (OSError, StopIteration):
+        return None
+
+
 def rss_mib() -> float:
     """Current resident set size of this process (MiB), from /proc (ru_maxrss is the peak, not the curve)."""
     try:
@@ -206,14 +216,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
             tokens += int(batch["n_tokens"])
             padded += int(batch["input_ids"].shape[0] * batch["input_ids"].shape[-1])
             if k % args.rss_every == 0 or k == n_batches - 1:
-                curve.append([k, round(rss_mib(), 1)])
+                anon = anon_rss_mib()
+                curve.append([k, round(rss_mib(), 1), None if anon is None else round(anon, 1)])
         loader_s, loader_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         loader_rate = rows / loader_s
         report.figure("loader_samples_per_s", round(loader_rate, 1), "rows/s", batches=n_batches, rows=rows,
                       tokens_per_s=round(tokens / loader_s), padding_fraction=round(1 - tokens / max(padded, 1), 4),
                       workers=args.workers, cpu_ms_per_row=round(loader_cpu_s / max(rows, 1) * 1e3, 3))
-        report.figure("rss_curve_mib", curve, "MiB", every=args.rss_every,
-                      growth_mib=round(curve[-1][1] - curve[0][1], 1) if curve else 0.0)
+        report.figure("rss_curve_mib", curve, "MiB", every=args.rss_every, columns=["batch", "rss", "anon_rss"],
+                      growth_mib=round(curve[-1][1] - curve[0][1], 1) if curve else 0.0,
+                      anon_growth_mib=round(curve[-1][2] - curve[0][2], 1) if curve and curve[0][2] else None)
         del it
 
         from omni.train import build_module

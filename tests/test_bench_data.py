@@ -29,4 +29,5 @@ def test_bench_data_prints_finite_json_figures(stage, source, capsys, tmp_path):
     for name in (*cached, "index_build_s", "loader_samples_per_s", "step_samples_per_s", "loader_headroom", "peak_rss_mib"):
         assert math.isfinite(figures[name]["value"]) and figures[name]["value"] > 0, name
     curve = figures["rss_curve_mib"]["value"]
-    assert [k for k, _ in curve] == [0, 2, 4, 5] and all(math.isfinite(v) and v > 0 for _, v in curve)
+    assert [k for k, _, _ in curve] == [0, 2, 4, 5] and all(math.isfinite(v) and v > 0 for _, v, _ in curve)
+    assert all(0 < anon <= rss for _, rss, anon in curve)  # the anonymous part of the RSS (Linux)
