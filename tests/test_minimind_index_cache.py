@@ -24,15 +24,9 @@ import data.minimind_o.dataset as D
 from data.dataset import IndexCache
 from data.minimind_o.schema import WRITE_SCHEMA
 from tests.test_minimind_data import SAMPLE, datamodule, model_cfg  # noqa: F401  (fixture)
+from tests.test_minimind_index_lengths import reader  # noqa: F401  (fixture: the sample's length reader)
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def reader(model_cfg):  # noqa: F811
-    dm = datamodule(model_cfg, val=None)
-    dm.setup("fit")
-    return dm.indexes["train"].reader
 
 
 def conv(answer: str) -> str:
