@@ -251,9 +251,12 @@ class IndexCache:
         self._writable = True
 
     def stamp(self, path: str) -> dict[str, Any] | None:
-        """What identifies this version of the shard (None: not a local file, e.g. an `hf://` view)."""
+        """What identifies this version of the shard: size, mtime and footer hash of a file; `datasets`'
+        fingerprint of an open `hf://` view (data.hf.view_stamp); None: not cacheable."""
         if path.startswith("hf://"):
-            return None
+            from data.hf import view_stamp
+
+            return view_stamp(path)
         st = os.stat(path)
         with open(path, "rb") as f:
             f.seek(max(0, st.st_size - self.TAIL))

@@ -265,6 +265,20 @@ class HFTable:
             yield from self._slice(start, min(self.n, start + batch_size), columns).to_batches()
 
 
+def view_stamp(key: str) -> dict[str, Any] | None:
+    """What identifies the data behind an open map-style view, for the index cache (data.dataset.IndexCache):
+    `datasets`' fingerprint of the loaded split (it changes with the data files, their sizes and modification
+    times), the schema adapter, the row count and the virtual row groups. None when the view is not open here or
+    its source has no fingerprint (an in-memory arrow table): then nothing is cached."""
+    table = _TABLES.get(key)
+    fingerprint = getattr(table.source, "_fingerprint", None) if table is not None else None
+    if not fingerprint:
+        return None
+    return {"path": key, "fingerprint": str(fingerprint), "rows": table.n, "group_sizes": table.sizes[:1],
+            "schema": f"{type(table.adapter).__module__}.{type(table.adapter).__qualname__}"
+                      f":{getattr(table.adapter, 'name', '')}"}
+
+
 def register(table: HFTable) -> str:
     _TABLES[table.key] = table
     return table.key

@@ -171,3 +171,36 @@ def test_reader_encode_equals_tokenizer_encode(reader):
              for m in json.loads(r["conversations"])] + list(D.RowReader.CONSTANT_TEXTS) + ["<|im_end|> a"]
     for t in texts + texts:  # twice: the constant texts' kept ids too
         assert fresh.encode(t) == list(reader.tokenizer.encode(t, add_special_tokens=False)), t
+
+
+def test_hf_view_is_cached_by_its_datasets_fingerprint(tmp_path, monkeypatch):
+    """`data.source=hf`: the view's entry is keyed by `datasets`' fingerprint of the loaded split; a rerun reads
+    only the cache; changed data files (the control) are another fingerprint, so they are re-indexed."""
+    import datasets.config
+    import hydra
+
+    import data.hf as H
+    from tests.conftest import compose_cfg
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")  # datasets' prepared copy: here
+    d, cache = corpus(tmp_path), tmp_path / "cache"
+
+    def build():
+        monkeypatch.setattr(H, "_TABLES", {})  # a new process: the view is opened again
+        cfg = compose_cfg(["stage=sft_t2a", "data=hf_minimind", f"data.hf.path={d}", f"data.index_cache={cache}"],
+                          tmp_path)
+        dm = hydra.utils.instantiate(cfg.data)
+        dm.setup("fit")
+        return dm.indexes["train"]
+
+    cold = build()
+    assert (cold.cache.hits, cold.cache.misses) == (0, 1) and len(list(cache.glob("*.npz"))) == 1
+    with monkeypatch.context() as m:
+        m.setattr(D.MiniMindOIndex, "_scan", lambda *a: pytest.fail("a warm build read the view"))
+        warm = build()
+    assert (warm.cache.hits, warm.cache.misses, warm.cache.rejected) == (1, 0, 0)
+    assert state(warm) == state(cold) and len(cold) == 5
+    write(d / "b.parquet", [row(4, frames=2), row(5, "ok", frames=20)])  # row 5: 16 more frames
+    changed = build()
+    assert (changed.cache.hits, changed.cache.misses) == (0, 1)
+    assert int(changed.lengths[-1].max()) == int(cold.lengths[-1].max()) + 16  # not the cached length
