@@ -66,11 +66,10 @@ def peak_memory_gib(device: torch.device) -> float:
     whole process's peak, where /proc cannot reset it)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 2**20  # KiB -> GiB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    from omni.memory import proc_status_kib
+
+    kib = proc_status_kib("VmHWM")
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 2**20  # KiB -> GiB
 
 
 def reset_peak_memory(device: torch.device) -> bool:

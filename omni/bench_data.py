@@ -41,11 +41,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def anon_rss_mib() -> float | None:
     """The anonymous part of the RSS (MiB): heap and tensors, without file-backed pages such as a memory-mapped
     arrow file's (which the kernel can drop); None where /proc/self/status has no RssAnon."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) for ln in f if ln.startswith("RssAnon:")) / 2**10
-    except (OSError, StopIteration):
-        return None
+    from omni.memory import proc_status_kib
+
+    kib = proc_status_kib("RssAnon")
+    return None if kib is None else kib / 2**10
 
 
 def rss_mib() -> float:

@@ -27,17 +27,23 @@ _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
 
 
 def checkpoint_blocks(model: nn.Module, classes: set[type[nn.Module]] | tuple[type[nn.Module], ...]) -> int:
-    """Recompute every `classes` block of `model` in backward instead of keeping its activations; returns how many
-    blocks were wrapped (0 means the model has none of them: the caller should say so)."""
-    classes = tuple(classes)
-    n = 0
-    for block in model.modules():
-        if not classes or not isinstance(block, classes) or getattr(block, "_omni_checkpointed", False):
-            continue
-        block.forward = _checkpointed(block, block.forward)
-        block._omni_checkpointed = True
-        n += 1
-    return n
+    """Recompute every `classes` block of `model` in backward instead of keeping its activations (a block already
+    wrapped stays as it is); returns how many blocks are checkpointed (0: the model has none of them)."""
+    blocks = [m for m in model.modules() if isinstance(m, tuple(classes))] if classes else []
+    for block in blocks:
+        if not getattr(block, "_omni_checkpointed", False):
+            block.forward = _checkpointed(block, block.forward)
+            block._omni_checkpointed = True
+    return len(blocks)
+
+
+def proc_status_kib(field: str) -> int | None:
+    """A `/proc/self/status` figure in KiB (VmHWM: peak RSS, RssAnon: heap and tensors), None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
 
 
 def _checkpointed(block: nn.Module, forward):

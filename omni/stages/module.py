@@ -158,11 +158,9 @@ class OmniModule(LightningModule):
             from omni.distributed import decoder_layer_classes
             from omni.memory import checkpoint_blocks
 
-            if not checkpoint_blocks(self.model, decoder_layer_classes()) and not getattr(
-                    self.model, "_omni_no_blocks_warned", False):
+            if not checkpoint_blocks(self.model, decoder_layer_classes()):
                 log.warning("activation_checkpointing=true: %s has none of the registered block classes; "
                             "nothing is recomputed", type(self.model).__name__)
-                self.model._omni_no_blocks_warned = True
         if self.compile_model and not getattr(self.model, "_omni_compiled", False):
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
             self.model._omni_compiled = True
